@@ -1,0 +1,3 @@
+from togi.cli.main import app
+
+app(prog_name="togi")

@@ -1,0 +1,1 @@
+"""The ``togi`` command line: thin typer commands over the library, rendered with rich."""

@@ -1,0 +1,35 @@
+"""The ``togi`` entry point."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from togi import __version__
+from togi.cli import data
+
+app = typer.Typer(
+    name="togi",
+    help="togi (研ぎ): sharpen a pretrained language model for one task on your own data.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data.app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"togi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version and exit.")] = None,
+) -> None:
+    """togi (研ぎ): sharpen a pretrained language model for one task on your own data."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""Labels of examples, for label distribution, imbalance checks and stratified splits.
+
+Classification and KTO examples carry their label. Chat and preference examples have none, but
+a task with fixed-format answers ("ラベル: ポジティブ ...") has one inside the answer: a
+``label_pattern`` regular expression extracts it from the final answer (its first group, or the
+whole match when it has no group).
+"""
+
+from __future__ import annotations
+
+import re
+
+from togi.data.examples import ClassificationExample, Example, KTOExample
+
+
+class LabelPatternError(ValueError):
+    pass
+
+
+def compile_label_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern, re.MULTILINE)
+    except re.error as error:
+        raise LabelPatternError(f"--label-pattern {pattern!r} is not a valid regular expression: {error}") from error
+
+
+def label_of(example: Example, pattern: re.Pattern[str] | None = None) -> str | None:
+    if isinstance(example, ClassificationExample):
+        return example.label
+    if isinstance(example, KTOExample):
+        return "desirable" if example.label else "undesirable"
+    if pattern is None:
+        return None
+    match = pattern.search(example.final_answer)
+    if match is None:
+        return None
+    return (match.group(1) if pattern.groups else match.group(0)).strip()
+
+
+def has_own_labels(example: Example) -> bool:
+    return isinstance(example, (ClassificationExample, KTOExample))

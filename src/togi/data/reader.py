@@ -1,0 +1,291 @@
+"""Reading data files into raw records, each tied to the line it came from.
+
+This is the only module that touches bytes. It knows containers (JSONL, a JSON array, CSV, TSV),
+not example shapes: ``formats.py`` turns the raw records into canonical examples. Everything that
+can go wrong with one line (bad encoding, broken JSON, a huge line, a cut-off last line) becomes a
+finding and reading goes on; only a file that cannot be opened at all raises ``DataFileError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from togi.data.findings import Finding, Severity
+
+# A single record larger than this is almost certainly a mistake (a whole file on one line, an
+# embedded binary); parsing it would only waste memory.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+CONTAINERS = ("jsonl", "json", "csv", "tsv")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+
+
+class DataFileError(Exception):
+    """The file cannot be read at all (missing, a directory, unknown type). One line for the user."""
+
+    def __init__(self, path: Path | str, message: str, hint: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One parsed record: a JSON value, or a CSV row as a dict of strings."""
+
+    line: int  # 1-based line where the record starts
+    index: int  # 0-based position among the file's records
+    value: Any
+
+
+@dataclass
+class ReadResult:
+    path: Path
+    container: str
+    records: list[RawRecord] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    csv_header: list[str] | None = None
+
+
+def container_of(path: Path) -> str:
+    container = _EXTENSIONS.get(path.suffix.lower())
+    if container is None:
+        raise DataFileError(
+            path,
+            f"cannot tell the file type from the extension {path.suffix!r}",
+            "name the file .jsonl, .json, .csv or .tsv",
+        )
+    return container
+
+
+def read_records(path: Path | str, encoding: str = "utf-8") -> ReadResult:
+    path = Path(path)
+    _require_readable_file(path)
+    container = container_of(path)
+    data = path.read_bytes()
+    result = ReadResult(path=path, container=container)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+        result.findings.append(
+            _finding(path, "utf8_bom", Severity.INFO, "the file starts with a UTF-8 byte-order mark", "harmless: togi skips it; some tools do not", line=1)
+        )
+    if not data.strip():
+        result.findings.append(
+            _finding(path, "empty_file", Severity.ERROR, "the file has no data", "fill the file with examples, one per line for JSONL")
+        )
+        return result
+    if container == "json" and data.lstrip()[:1] != b"[":
+        container = result.container = "jsonl"  # a .json file holding one object per line
+    if container == "jsonl":
+        _read_jsonl(data, encoding, result)
+    elif container == "json":
+        _read_json_array(data, encoding, result)
+    else:
+        _read_delimited(data, encoding, "\t" if container == "tsv" else ",", result)
+    return result
+
+
+def _require_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise DataFileError(path, "no such file", "check the path; relative paths start from the current directory")
+    if path.is_dir():
+        raise DataFileError(path, "is a directory, not a file", "pass the data file inside it, e.g. DIR/train.jsonl")
+    if not path.is_file():
+        raise DataFileError(path, "is not a regular file", "pass a .jsonl, .json, .csv or .tsv file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise DataFileError(path, f"cannot be opened ({error.strerror})", "check the file's permissions") from error
+
+
+def _finding(path: Path, code: str, severity: Severity, message: str, hint: str, line: int | None = None) -> Finding:
+    return Finding(code=code, severity=severity, message=message, hint=hint, file=str(path), line=line)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _decode(raw: bytes, encoding: str, path: Path, line: int, result: ReadResult) -> str | None:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        hint = "re-save the file as UTF-8"
+        if encoding.replace("-", "").lower() == "utf8":
+            try:
+                raw.decode("cp932")
+                hint = "this looks like Shift_JIS (cp932): re-save as UTF-8 (iconv -f cp932 -t utf-8) or pass --encoding cp932"
+            except UnicodeDecodeError:
+                pass
+        result.findings.append(
+            _finding(path, "invalid_encoding", Severity.ERROR, f"bytes that are not valid {encoding} at column {error.start + 1}", hint, line=line)
+        )
+        return None
+
+
+def _read_jsonl(data: bytes, encoding: str, result: ReadResult) -> None:
+    path = result.path
+    lines = data.split(b"\n")
+    ends_with_newline = lines[-1] == b""
+    if ends_with_newline:
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            result.findings.append(
+                _finding(path, "blank_line", Severity.INFO, "blank line", "blank lines are skipped; remove them for other tools", line=number)
+            )
+            continue
+        if len(raw) > MAX_RECORD_BYTES:
+            result.findings.append(
+                _finding(
+                    path,
+                    "line_too_large",
+                    Severity.ERROR,
+                    f"the line is {len(raw) / 2**20:.1f} MiB, over the {MAX_RECORD_BYTES // 2**20} MiB limit for one example",
+                    "split it: JSONL holds one example per line, and one example should be far smaller",
+                    line=number,
+                )
+            )
+            continue
+        text = _decode(raw, encoding, path, number, result)
+        if text is None:
+            continue
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError) as error:
+            is_last = number == len(lines)
+            result.findings.append(_json_error_finding(path, number, error, truncated=is_last and not ends_with_newline))
+            continue
+        result.records.append(RawRecord(line=number, index=len(result.records), value=value))
+
+
+def _json_error_finding(path: Path, line: int, error: Exception, truncated: bool) -> Finding:
+    if isinstance(error, json.JSONDecodeError):
+        message = f"invalid JSON: {error.msg} at column {error.colno}"
+        line = line + error.lineno - 1
+    else:
+        message = f"invalid JSON: {error}"
+    hint = "each line must be one complete JSON object"
+    if truncated:
+        message = f"the last line is cut off ({message})"
+        hint = "the file looks truncated: re-export it, or delete the partial last line"
+    return _finding(path, "invalid_json", Severity.ERROR, message, hint, line=line)
+
+
+def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
+    """Parse ``[obj, obj, ...]`` element by element so each record knows its starting line."""
+    path = result.path
+    text = _decode(data, encoding, path, 1, result)
+    if text is None:
+        return
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    position = text.index("[") + 1
+    line, counted_to = 1, 0
+
+    def line_at(offset: int) -> int:
+        nonlocal line, counted_to
+        line += text.count("\n", counted_to, offset)
+        counted_to = offset
+        return line
+
+    expecting_value = True
+    while True:
+        position = _skip_whitespace(text, position)
+        if position >= len(text):
+            result.findings.append(
+                _finding(path, "invalid_json", Severity.ERROR, "the JSON array is not closed with ']'", "the file looks truncated: re-export it", line=line_at(len(text)))
+            )
+            return
+        char = text[position]
+        if char == "]":
+            rest = text[position + 1 :].strip()
+            if rest:
+                result.findings.append(
+                    _finding(path, "invalid_json", Severity.ERROR, "extra data after the closing ']'", "a .json file holds one array", line=line_at(position + 1 + text[position + 1 :].index(rest[0])))
+                )
+            return
+        if char == "," and not expecting_value:
+            position += 1
+            expecting_value = True
+            continue
+        start_line = line_at(position)
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            result.findings.append(
+                _finding(path, "invalid_json", Severity.ERROR, f"invalid JSON: {error.msg} at column {error.colno}", "fix this element; the rest of the array cannot be read past it", line=error.lineno)
+            )
+            return
+        except ValueError as error:
+            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, f"invalid JSON: {error}", "replace it with a number or null", line=start_line))
+            return
+        if not expecting_value:
+            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "missing ',' between array elements", "separate elements with commas", line=start_line))
+            return
+        result.records.append(RawRecord(line=start_line, index=len(result.records), value=value))
+        position, expecting_value = end, False
+
+
+def _skip_whitespace(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _read_delimited(data: bytes, encoding: str, delimiter: str, result: ReadResult) -> None:
+    """CSV/TSV: the first row is the header; each later row becomes a dict of column -> string."""
+    path = result.path
+    bad_lines: set[int] = set()
+    decoded_lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        text = _decode(raw, encoding, path, number, result)
+        if text is None:
+            bad_lines.add(number)
+            text = ""
+        decoded_lines.append(text)
+    csv.field_size_limit(MAX_RECORD_BYTES)
+    reader = csv.reader(io.StringIO("\n".join(decoded_lines), newline=""), delimiter=delimiter)
+    header: list[str] | None = None
+    previous_end = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            result.findings.append(
+                _finding(path, "invalid_csv", Severity.ERROR, f"cannot parse this row: {error}", "check the quoting of this row; fields with newlines or quotes must be quoted", line=reader.line_num)
+            )
+            break
+        start, previous_end = previous_end + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [name.strip() for name in row]
+            result.csv_header = header
+            continue
+        if bad_lines.intersection(range(start, reader.line_num + 1)):
+            continue
+        if len(row) != len(header):
+            result.findings.append(
+                _finding(
+                    path,
+                    "csv_field_count",
+                    Severity.ERROR,
+                    f"the row has {len(row)} fields but the header has {len(header)}",
+                    "quote fields that contain the delimiter, or fill missing cells",
+                    line=start,
+                )
+            )
+            continue
+        result.records.append(RawRecord(line=start, index=len(result.records), value=dict(zip(header, row))))
+    if header is None and not result.findings:
+        result.findings.append(_finding(path, "empty_file", Severity.ERROR, "the file has no header row", "the first row must name the columns"))

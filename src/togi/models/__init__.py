@@ -1,0 +1,1 @@
+"""Resolving model references (embedded default, local directory, GGUF file, hub id) and loading them."""
