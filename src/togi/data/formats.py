@@ -206,7 +206,7 @@ class _RecordConverter:
     def convert(self, format_name: str, record: RawRecord) -> Example | None:
         self._record, self._failed = record, False
         if not isinstance(record.value, dict):
-            self._error("not_an_object", f"the record is a JSON {_json_type(record.value)}, not an object",
+            self._error("not_an_object", f"the record is {_json_type(record.value)}, not an object",
                         "each example must be a JSON object such as {\"messages\": [...]}")
             return None
         if format_name != "chat" and detect_shape(record.value) is None and not self._has_any_known_key(record.value):
@@ -231,7 +231,7 @@ class _RecordConverter:
             return None
         value = row[key]
         if not isinstance(value, str):
-            self._error("wrong_type", f"{path!r} is a {_json_type(value)}, expected a string", f"make {path!r} a string", field=path)
+            self._error("wrong_type", f"{path!r} is {_json_type(value)}, expected a string", f"make {path!r} a string", field=path)
             return None
         if required and not value.strip():
             self._error("empty_content", f"{path!r} is empty", f"fill in {path!r} or drop this example", field=path)
@@ -247,7 +247,7 @@ class _RecordConverter:
     def _messages(self, value: Any, path: str, *, only_role: str | None = None) -> list[Message] | None:
         """A list of OpenAI-style messages, every problem reported with its index and field."""
         if not isinstance(value, list):
-            self._error("wrong_type", f"{path!r} is a {_json_type(value)}, expected a list of messages",
+            self._error("wrong_type", f"{path!r} is {_json_type(value)}, expected a list of messages",
                         'write it as [{"role": "user", "content": "..."}, ...]', field=path)
             return None
         if not value:
@@ -262,7 +262,7 @@ class _RecordConverter:
             self._error(code, message, hint, field=field, message_index=index, severity=severity)
 
         if not isinstance(item, dict):
-            error("wrong_type", f"the message is a {_json_type(item)}, expected an object", 'write {"role": ..., "content": ...}')
+            error("wrong_type", f"the message is {_json_type(item)}, expected an object", 'write {"role": ..., "content": ...}')
             return None
         ok = True
         for key in item:
@@ -297,7 +297,7 @@ class _RecordConverter:
                 ok = False
         name = item.get("name")
         if name is not None and not isinstance(name, str):
-            error("wrong_type", f"'name' is a {_json_type(name)}, expected a string", "make 'name' a string", f"{path}.name")
+            error("wrong_type", f"'name' is {_json_type(name)}, expected a string", "make 'name' a string", f"{path}.name")
             ok = False
         if not ok:
             return None
@@ -321,7 +321,7 @@ class _RecordConverter:
                 return None
             content = "".join(texts)
         if not isinstance(content, str):
-            self._error("content_not_string", f"content is a {_json_type(content)}, expected a string",
+            self._error("content_not_string", f"content is {_json_type(content)}, expected a string",
                         "write the content as a string", field=field, message_index=index)
             return None
         if not content.strip() and not calls_a_tool:
@@ -337,7 +337,7 @@ class _RecordConverter:
         if role != "assistant":
             problem = "only assistant messages may call tools"
         elif not isinstance(tool_calls, list):
-            problem = f"'tool_calls' is a {_json_type(tool_calls)}, expected a list"
+            problem = f"'tool_calls' is {_json_type(tool_calls)}, expected a list"
         else:
             for call in tool_calls:
                 function = call.get("function") if isinstance(call, dict) else None
@@ -388,7 +388,7 @@ class _RecordConverter:
         messages = self._messages(row["messages"], "messages")
         tools = row.get("tools")
         if tools is not None and not isinstance(tools, list):
-            self._error("wrong_type", f"'tools' is a {_json_type(tools)}, expected a list", "write tools as a list of function definitions", field="tools")
+            self._error("wrong_type", f"'tools' is {_json_type(tools)}, expected a list", "write tools as a list of function definitions", field="tools")
         parallel = row.get("parallel_tool_calls")
         if parallel is not None and not isinstance(parallel, bool):
             self._error("wrong_type", "'parallel_tool_calls' must be true or false", "write true or false", field="parallel_tool_calls")
@@ -517,6 +517,8 @@ class _RecordConverter:
 
 
 def _json_type(value: Any) -> str:
+    """The JSON type of a value with its article: 'a string', 'an object', 'null'."""
     if value is None:
         return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+    name = {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"

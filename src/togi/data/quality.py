@@ -21,12 +21,14 @@ from togi.data.findings import Finding, Severity
 SHINGLE_SIZE = 3
 NUM_PERMUTATIONS = 64
 LSH_BANDS = 16  # 16 bands x 4 rows: pairs above ~0.5 similarity very likely share a bucket
-_MAX_COMPARISONS_PER_BUCKET_MEMBER = 50
+_MAX_COMPARISONS_PER_BUCKET_MEMBER = 200  # bounds the work when many texts share a bucket
 
 
 def normalize_text(text: str) -> str:
-    """NFKC (full-width to half-width, compatibility forms), case-folded, all whitespace removed."""
-    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """NFKC (full-width to half-width, compatibility forms), case-folded, whitespace and punctuation
+    removed: 「、」 versus 「。」 or a missing 「？」 does not make two examples different."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(char for char in folded if not char.isspace() and not unicodedata.category(char).startswith("P"))
 
 
 def shingles(text: str, size: int = SHINGLE_SIZE) -> frozenset[str]:
@@ -123,10 +125,15 @@ def near_duplicate_pairs(examples: list[Example], threshold: float) -> list[tupl
         for band in range(LSH_BANDS):
             buckets[(band, signature[band * rows : (band + 1) * rows].tobytes())].append(position)
     best: dict[int, tuple[float, int]] = {}  # later example -> (similarity, earlier example)
+    first_with_text: dict[str, int] = {}
+    for position, text in enumerate(texts):  # identical after normalisation: found without LSH
+        earlier = first_with_text.setdefault(text, position)
+        if earlier != position:
+            best[position] = (1.0, earlier)
     for members in buckets.values():
         for offset, later in enumerate(members[1:], start=1):
             for earlier in members[max(0, offset - _MAX_COMPARISONS_PER_BUCKET_MEMBER) : offset]:
-                if later in best and best[later][1] == earlier:
+                if later in best and (best[later][1] == earlier or best[later][0] == 1.0):
                     continue
                 similarity = 1.0 if texts[later] == texts[earlier] else jaccard(shingle_sets[later], shingle_sets[earlier])
                 if similarity >= threshold and similarity > best.get(later, (0.0, -1))[0]:

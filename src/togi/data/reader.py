@@ -125,7 +125,7 @@ def _decode(raw: bytes, encoding: str, path: Path, line: int, result: ReadResult
             except UnicodeDecodeError:
                 pass
         result.findings.append(
-            _finding(path, "invalid_encoding", Severity.ERROR, f"bytes that are not valid {encoding} at column {error.start + 1}", hint, line=line)
+            _finding(path, "invalid_encoding", Severity.ERROR, f"bytes that are not valid {encoding} (the first at byte {error.start + 1} of the line)", hint, line=line)
         )
         return None
 
@@ -169,7 +169,7 @@ def _read_jsonl(data: bytes, encoding: str, result: ReadResult) -> None:
 
 def _json_error_finding(path: Path, line: int, error: Exception, truncated: bool) -> Finding:
     if isinstance(error, json.JSONDecodeError):
-        message = f"invalid JSON: {error.msg} at column {error.colno}"
+        message = f"invalid JSON at column {error.colno}: {error.msg}"
         line = line + error.lineno - 1
     else:
         message = f"invalid JSON: {error}"
@@ -221,7 +221,7 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             result.findings.append(
-                _finding(path, "invalid_json", Severity.ERROR, f"invalid JSON: {error.msg} at column {error.colno}", "fix this element; the rest of the array cannot be read past it", line=error.lineno)
+                _finding(path, "invalid_json", Severity.ERROR, f"invalid JSON at column {error.colno}: {error.msg}", "fix this element; the rest of the array cannot be read past it", line=error.lineno)
             )
             return
         except ValueError as error:

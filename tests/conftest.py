@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny tokenizers built in-process (no downloads), file helpers and the CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from togi.cli.main import app
+
+REPO = Path(__file__).resolve().parents[1]
+BROKEN = REPO / "examples" / "broken"
+DEMO = REPO / "examples" / "reviews" / "reviews.jsonl"
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Like SmolLM2's: inserts a default system prompt when the conversation has none.
+CHATML_WITH_DEFAULT_SYSTEM = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Like Llama 2's: refuses conversations that do not alternate user/assistant.
+ALTERNATING_ONLY = (
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] + '<|im_end|>' }}{% endif %}{% endfor %}"
+)
+
+_CORPUS = [
+    "返品の送料は誰が負担しますか？ 初期不良の場合は当社が負担いたします。",
+    "この炊飯器は玄米モードがありますか？ はい、玄米モードと雑穀米モードを搭載しています。",
+    "The quick brown fox jumps over the lazy dog. system user assistant",
+    "ラベル: ポジティブ 理由: 音質と装着感の両方を高く評価しているため。",
+] * 20
+
+
+def build_tokenizer(chat_template: str | None = CHATML):
+    """A byte-level BPE tokenizer trained in a fraction of a second, with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    model = Tokenizer(models.BPE(unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    model.train_from_iterator(_CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, unk_token="<unk>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, tokenizer) -> Path:
+    """The tiny tokenizer saved as a model directory, for ``--model DIR`` on the command line."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def chat(user: str, answer: str, system: str | None = None) -> dict[str, Any]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return {"messages": messages}
+
+
+def distinct_chats(count: int) -> list[dict[str, Any]]:
+    """``count`` clearly different, valid chat examples."""
+    return [chat(f"質問その{i}: 商品番号{i * 7919 % 10007}の在庫と配送予定日を教えてください。",
+                 f"商品番号{i * 7919 % 10007}は在庫が{i}点あり、{i % 9 + 1}日後に届きます。") for i in range(count)]
+
+
+def codes_and_lines(findings) -> set[tuple[str, int | None]]:
+    return {(finding.code, finding.line) for finding in findings}
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+
+    return invoke

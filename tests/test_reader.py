@@ -1,0 +1,109 @@
+"""Reading files: every broken line becomes a finding with its line number; only an unreadable file raises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from togi.data.findings import Severity
+from togi.data.reader import MAX_RECORD_BYTES, DataFileError, read_records
+
+from conftest import BROKEN, codes_and_lines
+
+
+def test_jsonl_records_keep_their_line_numbers_across_blank_lines(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    result = read_records(path)
+    assert [(record.line, record.index, record.value) for record in result.records] == [(1, 0, {"a": 1}), (3, 1, {"a": 2})]
+    assert codes_and_lines(result.findings) == {("blank_line", 2)}
+    assert result.findings[0].severity is Severity.INFO
+
+
+def test_a_byte_order_mark_is_noted_and_skipped_and_a_cut_off_last_line_is_named():
+    result = read_records(BROKEN / "bom_truncated.jsonl")
+    assert len(result.records) == 4
+    assert codes_and_lines(result.findings) == {("utf8_bom", 1), ("invalid_json", 5)}
+    cut_off = next(f for f in result.findings if f.code == "invalid_json")
+    assert "cut off" in cut_off.message and "truncated" in cut_off.hint
+
+
+def test_invalid_json_names_the_line_and_column(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"a": 1}\n{"a": 1,, }\n{"a": 3}\n', encoding="utf-8")
+    result = read_records(path)
+    assert codes_and_lines(result.findings) == {("invalid_json", 2)}
+    assert "column 9" in result.findings[0].message
+    assert len(result.records) == 2
+
+
+def test_nan_is_not_valid_json(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"a": NaN}\n', encoding="utf-8")
+    assert codes_and_lines(read_records(path).findings) == {("invalid_json", 1)}
+
+
+def test_shift_jis_bytes_are_reported_per_line_with_a_cp932_hint():
+    result = read_records(BROKEN / "shift_jis.csv")
+    bad = [f for f in result.findings if f.code == "invalid_encoding"]
+    assert bad and bad[0].line == 2
+    assert "cp932" in bad[0].hint
+    assert len(read_records(BROKEN / "shift_jis.csv", encoding="cp932").records) == 10
+
+
+def test_a_huge_line_is_refused_without_parsing_and_the_rest_is_read(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write('{"a": 1}\n')
+        handle.write(json.dumps({"text": "あ" * (50 * 2**20 // 3)}, ensure_ascii=False) + "\n")  # about 50 MB
+        handle.write('{"a": 3}\n')
+    assert path.stat().st_size > MAX_RECORD_BYTES
+    result = read_records(path)
+    assert codes_and_lines(result.findings) == {("line_too_large", 2)}
+    assert [record.line for record in result.records] == [1, 3]
+
+
+def test_a_json_array_gives_each_element_its_starting_line():
+    result = read_records(BROKEN / "bad_array.json")
+    assert [record.line for record in result.records] == [2, 18, 19, 33]
+    assert result.container == "json"
+
+
+def test_a_json_file_with_one_object_per_line_is_read_as_jsonl(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('{"a": 1}\n{"a": 2}\n', encoding="utf-8")
+    result = read_records(path)
+    assert result.container == "jsonl" and len(result.records) == 2
+
+
+def test_an_unclosed_json_array_is_a_finding(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"a": 1},\n  {"a": 2}\n', encoding="utf-8")
+    result = read_records(path)
+    assert len(result.records) == 2
+    assert [f.code for f in result.findings] == ["invalid_json"]
+
+
+def test_csv_rows_start_at_their_first_line_even_with_quoted_newlines():
+    result = read_records(BROKEN / "custom_columns.csv")
+    assert result.csv_header == ["質問", "回答", "メモ"]
+    assert result.records[-1].line == 10 and result.records[-1].value["質問"] == "改行を含む\n質問です"
+    assert codes_and_lines(result.findings) == {("csv_field_count", 12)}
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_an_empty_file_is_a_finding(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    assert [f.code for f in read_records(path).findings] == ["empty_file"]
+
+
+def test_a_directory_a_missing_file_and_an_unknown_extension_raise_one_clear_error(tmp_path):
+    with pytest.raises(DataFileError, match="is a directory"):
+        read_records(tmp_path)
+    with pytest.raises(DataFileError, match="no such file"):
+        read_records(tmp_path / "missing.jsonl")
+    (tmp_path / "data.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(DataFileError, match="extension"):
+        read_records(tmp_path / "data.txt")
