@@ -22,7 +22,7 @@ from togi.data.split import SPLIT_NAMES, SplitError, split_indices
 from togi.data.stats import DEFAULT_EPOCHS, DEFAULT_MAX_LENGTH, DEFAULT_PRICE_PER_MILLION, compute_stats
 from togi.data.template import ChatTemplateError, tokenize_example
 from togi.data.validate import CheckOptions, check_dataset
-from togi.data.writer import DEFAULT_TARGET, NotConvertible, check_target, example_to_record, write_records
+from togi.data.writer import NotConvertible, check_target, default_target, example_to_record, write_records
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.resolve import ModelNotFound, load_tokenizer
 
@@ -197,8 +197,9 @@ def show(
         _print_json({"file": dataset.path, "examples": [
             {"line": example.source.line, "index": example.source.index, "sequences": [
                 {"text": sequence.text, "n_tokens": sequence.length_before_truncation, "n_trained": sequence.n_trained,
-                 "tokens": [{"id": token_id, "text": sequence.text[a:b], "trained": trained, "special": token_id in special_ids}
-                            for token_id, (a, b), trained in zip(sequence.input_ids, sequence.offsets, sequence.trained)]}
+                 "tokens": [{"id": token_id, "token": token, "span": [a, b], "trained": trained, "special": token_id in special_ids}
+                            for token_id, token, (a, b), trained in zip(sequence.input_ids, tokenizer.convert_ids_to_tokens(sequence.input_ids),
+                                                                        sequence.offsets, sequence.trained)]}
                 for sequence in sequences]}
             for example, sequences in shown]})
         return
@@ -215,7 +216,7 @@ def show(
 def convert(
     source: Annotated[Path, typer.Argument(help="Input data file.", show_default=False)],
     target: Annotated[Path, typer.Argument(help="Output file; its extension picks the container (.jsonl, .json, .csv, .tsv).", show_default=False)],
-    to: Annotated[Optional[str], typer.Option(help="Output format [default: chat for chat data; the kind's own otherwise].")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Output format [default: chat for chat data (pairs for .csv/.tsv); the kind's own otherwise].")] = None,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -230,8 +231,8 @@ def convert(
         dataset = _load(source, format, encoding, input_column, output_column, system)
         if has_errors(dataset.findings):
             _refuse(dataset, "convert")
-        target_format = to or DEFAULT_TARGET[dataset.kind]
-        check_target(dataset.kind, target_format)
+        target_format = to or default_target(dataset.kind, container)
+        check_target(dataset.kind, target_format, container)
         records, problems = [], []
         for example in dataset.examples:
             try:

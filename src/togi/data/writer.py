@@ -80,10 +80,22 @@ def write_records(path: Path | str, records: list[Any], container: str | None = 
     atomic_write_text(path, serialize_records(records, container or container_of(Path(path))))
 
 
-def check_target(kind: ExampleKind, target: str) -> None:
+# Flat formats that fit in CSV/TSV columns; the others hold message lists and need JSON.
+TABLE_FORMATS = ("pairs", "classification")
+
+
+def default_target(kind: ExampleKind, container: str) -> str:
+    if container in ("csv", "tsv") and kind is ExampleKind.CHAT:
+        return "pairs"
+    return DEFAULT_TARGET[kind]
+
+
+def check_target(kind: ExampleKind, target: str, container: str = "jsonl") -> None:
     if FORMAT_KINDS.get(target) is not kind:
         compatible = [name for name, format_kind in FORMAT_KINDS.items() if format_kind is kind]
         raise NotConvertible(f"{kind.value} examples cannot be written as {target}; choose one of: {', '.join(compatible)}")
+    if container in ("csv", "tsv") and target not in TABLE_FORMATS:
+        raise NotConvertible(f"{target} records hold message lists, which do not fit in {container.upper()} columns; write .jsonl instead")
 
 
 def example_to_record(example: Example, target: str, container: str = "jsonl") -> dict[str, Any]:
