@@ -107,3 +107,25 @@ def test_a_directory_a_missing_file_and_an_unknown_extension_raise_one_clear_err
     (tmp_path / "data.txt").write_text("x", encoding="utf-8")
     with pytest.raises(DataFileError, match="extension"):
         read_records(tmp_path / "data.txt")
+
+
+def test_json_nested_too_deeply_is_a_finding_not_a_crash(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n" + '{"a": 1}\n', encoding="utf-8")
+    result = read_records(path)
+    assert codes_and_lines(result.findings) == {("invalid_json", 1)} and len(result.records) == 1
+
+
+def test_a_json_object_wrapping_the_examples_says_where_they_are(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": [{"a": 1}]}, indent=2), encoding="utf-8")
+    findings = read_records(path).findings
+    assert [f.code for f in findings] == ["not_an_array"] and "'data'" in findings[0].hint
+
+
+def test_utf16_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("question,answer\n質問,回答\n".encode("utf-16"))
+    findings = read_records(path).findings
+    assert [f.code for f in findings] == ["invalid_encoding"] and "utf-16" in findings[0].hint
+    assert read_records(path, encoding="utf-16").records[0].value == {"question": "質問", "answer": "回答"}

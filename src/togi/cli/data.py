@@ -36,14 +36,14 @@ errors = Console(stderr=True)
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
-FileArgument = Annotated[Path, typer.Argument(help="Data file: .jsonl, .json, .csv or .tsv.", show_default=False)]
+FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="Data file: .jsonl, .json, .csv or .tsv.", show_default=False)]
 FormatOption = Annotated[Optional[str], typer.Option("--format", help=f"Input format, instead of detecting it: {', '.join(FORMATS)}.")]
 EncodingOption = Annotated[str, typer.Option(help="Text encoding of the file, e.g. cp932 for Shift_JIS.")]
 InputColumnOption = Annotated[str, typer.Option(help="CSV/TSV column with the user's text.")]
 OutputColumnOption = Annotated[str, typer.Option(help="CSV/TSV column with the expected answer.")]
 SystemOption = Annotated[Optional[str], typer.Option(help="System prompt added to examples that have none.")]
-ModelOption = Annotated[Optional[str], typer.Option(help=f"Model whose tokenizer and chat template count tokens [default: {EMBEDDED_MODEL_NAME}].")]
-MaxLengthOption = Annotated[int, typer.Option(help="Maximum tokens per example in training.")]
+ModelOption = Annotated[Optional[str], typer.Option(help=f"Model whose tokenizer and chat template count tokens (default: {EMBEDDED_MODEL_NAME}).")]
+MaxLengthOption = Annotated[int, typer.Option(min=1, help="Maximum tokens per example in training.")]
 LabelPatternOption = Annotated[Optional[str], typer.Option(help="Regex extracting a label from each final answer (first group), e.g. 'ラベル: (\\S+)'.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 
@@ -95,8 +95,8 @@ def check(
     model: ModelOption = None,
     max_length: MaxLengthOption = DEFAULT_MAX_LENGTH,
     label_pattern: LabelPatternOption = None,
-    epochs: Annotated[int, typer.Option(help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
-    price_per_million: Annotated[float, typer.Option(help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
+    price_per_million: Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -139,8 +139,8 @@ def stats(
     model: ModelOption = None,
     max_length: MaxLengthOption = DEFAULT_MAX_LENGTH,
     label_pattern: LabelPatternOption = None,
-    epochs: Annotated[int, typer.Option(help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
-    price_per_million: Annotated[float, typer.Option(help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
+    price_per_million: Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -172,8 +172,8 @@ def stats(
 def show(
     file: FileArgument,
     model: ModelOption = None,
-    n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
-    start: Annotated[int, typer.Option(help="Index of the first example to show (0-based).")] = 0,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many examples to show.")] = 3,
+    start: Annotated[int, typer.Option(min=0, help="Index of the first example to show (0-based).")] = 0,
     max_length: MaxLengthOption = DEFAULT_MAX_LENGTH,
     train_on_prompt: Annotated[bool, typer.Option(help="Show the mask used with --train-on-prompt (every token trained).")] = False,
     full: Annotated[bool, typer.Option(help="Print whole examples instead of their first and last characters.")] = False,
@@ -214,9 +214,9 @@ def show(
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Input data file.", show_default=False)],
-    target: Annotated[Path, typer.Argument(help="Output file; its extension picks the container (.jsonl, .json, .csv, .tsv).", show_default=False)],
-    to: Annotated[Optional[str], typer.Option(help="Output format [default: chat for chat data (pairs for .csv/.tsv); the kind's own otherwise].")] = None,
+    source: Annotated[Path, typer.Argument(metavar="IN", help="Input data file.", show_default=False)],
+    target: Annotated[Path, typer.Argument(metavar="OUT", help="Output file; its extension picks the container (.jsonl, .json, .csv, .tsv).", show_default=False)],
+    to: Annotated[Optional[str], typer.Option(help="Output format (default: chat for chat data (pairs for .csv/.tsv); the kind's own otherwise).")] = None,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -257,7 +257,7 @@ def split(
     stratify: Annotated[Optional[str], typer.Option(help="Keep class proportions: 'label', or a top-level field of the records.")] = None,
     label_pattern: LabelPatternOption = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same split.")] = 42,
-    out_dir: Annotated[Optional[Path], typer.Option(help="Directory for the split files [default: next to the input].")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Directory for the split files (default: next to the input).")] = None,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",

@@ -75,12 +75,28 @@ def read_records(path: Path | str, encoding: str = "utf-8") -> ReadResult:
         result.findings.append(
             _finding(path, "utf8_bom", Severity.INFO, "the file starts with a UTF-8 byte-order mark", "harmless: togi skips it; some tools do not", line=1)
         )
+    if encoding.lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32")):
+        # Lines are split on the byte b"\n", which only ASCII-compatible encodings allow: re-encode first.
+        try:
+            data, encoding = data.decode(encoding).encode("utf-8"), "utf-8"
+        except UnicodeDecodeError as error:
+            result.findings.append(_finding(path, "invalid_encoding", Severity.ERROR, f"the file is not valid {encoding}: {error.reason}",
+                                            "check --encoding"))
+            return result
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        result.findings.append(
+            _finding(path, "invalid_encoding", Severity.ERROR, "the file is UTF-16 (Excel's 'Unicode text')",
+                     "save it as UTF-8, or pass --encoding utf-16", line=1)
+        )
+        return result
     if not data.strip():
         result.findings.append(
             _finding(path, "empty_file", Severity.ERROR, "the file has no data", "fill the file with examples, one per line for JSONL")
         )
         return result
     if container == "json" and data.lstrip()[:1] != b"[":
+        if _is_single_json_object(data, encoding, result):
+            return result
         container = result.container = "jsonl"  # a .json file holding one object per line
     if container == "jsonl":
         _read_jsonl(data, encoding, result)
@@ -160,11 +176,29 @@ def _read_jsonl(data: bytes, encoding: str, result: ReadResult) -> None:
             continue
         try:
             value = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "the JSON is nested too deeply to read",
+                                            "an example needs only a few levels: messages, then message objects", line=number))
+            continue
         except (json.JSONDecodeError, ValueError) as error:
             is_last = number == len(lines)
             result.findings.append(_json_error_finding(path, number, error, truncated=is_last and not ends_with_newline))
             continue
         result.records.append(RawRecord(line=number, index=len(result.records), value=value))
+
+
+def _is_single_json_object(data: bytes, encoding: str, result: ReadResult) -> bool:
+    """A .json file holding one object (often ``{"data": [...]}``) rather than an array: say where the examples are."""
+    try:
+        value = json.loads(data.decode(encoding))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(value, dict) or len(data.strip().splitlines()) == 1:
+        return False
+    lists = [key for key, item in value.items() if isinstance(item, list)]
+    hint = f"the examples seem to be under {lists[0]!r}: save that list as the file" if lists else "write a JSON array of examples, or JSONL"
+    result.findings.append(_finding(result.path, "not_an_array", Severity.ERROR, "the .json file holds one object, not an array of examples", hint, line=1))
+    return True
 
 
 def _json_error_finding(path: Path, line: int, error: Exception, truncated: bool) -> Finding:
@@ -224,8 +258,9 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
                 _finding(path, "invalid_json", Severity.ERROR, f"invalid JSON at column {error.colno}: {error.msg}", "fix this element; the rest of the array cannot be read past it", line=error.lineno)
             )
             return
-        except ValueError as error:
-            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, f"invalid JSON: {error}", "replace it with a number or null", line=start_line))
+        except (ValueError, RecursionError) as error:
+            message = "the JSON is nested too deeply to read" if isinstance(error, RecursionError) else f"invalid JSON: {error}"
+            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, message, "fix this element", line=start_line))
             return
         if not expecting_value:
             result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "missing ',' between array elements", "separate elements with commas", line=start_line))
