@@ -108,12 +108,15 @@ def render_tokenized(
             trained_chars[position] |= trained
             special_chars[position] |= token_id in special_ids
     visible_end = sequence.offsets[-1][1] if sequence.offsets else 0
+    def style_at(position: int) -> str:
+        return ("bold green" if trained_chars[position] else "dim") + (" magenta" if special_chars[position] else "")
+
     text = Text()
-    for position, char in enumerate(sequence.text[:visible_end]):
-        style = "bold green" if trained_chars[position] else "dim"
-        if special_chars[position]:
-            style += " magenta"
-        text.append(_visible(char), style=style)
+    run_start = 0
+    for position in range(1, visible_end + 1):  # one styled run per stretch of equal style
+        if position == visible_end or style_at(position) != style_at(run_start):
+            text.append(_visible(sequence.text[run_start:position]), style=style_at(run_start))
+            run_start = position
     if sequence.truncated:
         text.append(f"\n[cut off at max length: {sequence.length_before_truncation - sequence.n_tokens} more tokens]", style="red")
     if not full and len(text) > 3 * edge_chars:
@@ -125,10 +128,10 @@ def render_tokenized(
         f"tokens: {sequence.length_before_truncation} ({sequence.n_trained} trained, "
         f"{sequence.n_tokens - sequence.n_trained} not trained"
         + (f", {sequence.length_before_truncation - sequence.n_tokens} cut off" if sequence.truncated else "") + ")",
-        soft_wrap=True,
+        soft_wrap=True, highlight=False,
     )
-    console.print("special tokens: " + (", ".join(f"{token!r} ×{count}" for token, count in specials.items()) or "none"), soft_wrap=True)
-    console.print(f"first characters: {sequence.text[:60]!r}", soft_wrap=True)
-    console.print(f"last characters:  {sequence.text[-60:]!r}", soft_wrap=True)
+    console.print("special tokens: " + (", ".join(f"{token!r} ×{count}" for token, count in specials.items()) or "none"), soft_wrap=True, highlight=False)
+    console.print(f"first characters: {sequence.text[:60]!r}", soft_wrap=True, highlight=False)
+    console.print(f"last characters:  {sequence.text[-60:]!r}", soft_wrap=True, highlight=False)
     console.print(Text("legend: ", style="dim") + Text("trained on", style="bold green") + Text(" · ") +
                   Text("context only", style="dim") + Text(" · ") + Text("special token", style="magenta"))
