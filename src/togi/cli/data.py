@@ -45,6 +45,8 @@ SystemOption = Annotated[Optional[str], typer.Option(help="System prompt added t
 ModelOption = Annotated[Optional[str], typer.Option(help=f"Model whose tokenizer and chat template count tokens (default: {EMBEDDED_MODEL_NAME}).")]
 MaxLengthOption = Annotated[int, typer.Option(min=1, help="Maximum tokens per example in training.")]
 LabelPatternOption = Annotated[Optional[str], typer.Option(help="Regex extracting a label from each final answer (first group), e.g. 'ラベル: (\\S+)'.")]
+EpochsOption = Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")]
+PriceOption = Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 
 
@@ -95,8 +97,8 @@ def check(
     model: ModelOption = None,
     max_length: MaxLengthOption = DEFAULT_MAX_LENGTH,
     label_pattern: LabelPatternOption = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
-    price_per_million: Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    price_per_million: PriceOption = DEFAULT_PRICE_PER_MILLION,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -139,8 +141,8 @@ def stats(
     model: ModelOption = None,
     max_length: MaxLengthOption = DEFAULT_MAX_LENGTH,
     label_pattern: LabelPatternOption = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")] = DEFAULT_EPOCHS,
-    price_per_million: Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")] = DEFAULT_PRICE_PER_MILLION,
+    epochs: EpochsOption = DEFAULT_EPOCHS,
+    price_per_million: PriceOption = DEFAULT_PRICE_PER_MILLION,
     format: FormatOption = None,
     encoding: EncodingOption = "utf-8",
     input_column: InputColumnOption = "question",
@@ -281,9 +283,9 @@ def split(
             written.append((name, path, parts[name]))
     table = Table(title=f"split of {file} (seed {seed})", title_justify="left")
     for column in ("split", "file", "examples"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     if labels is not None:
-        table.add_column("labels")
+        table.add_column("labels", overflow="fold")
     for name, path, indices in written:
         row = [name, str(path), str(len(indices))]
         if labels is not None:
