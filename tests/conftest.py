@@ -101,3 +101,25 @@ def cli():
         return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
 
     return invoke
+
+
+def build_tiny_model(tokenizer, seed: int = 0):
+    """A 2-layer Llama with random weights over the tiny tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama saved with its tokenizer: a local model directory for `model:`."""
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -8,6 +8,7 @@ import typer
 
 from togi import __version__
 from togi.cli import data
+from togi.cli.train import train_command
 
 app = typer.Typer(
     name="togi",
@@ -16,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data")
+app.command("train")(train_command)
 
 
 def _print_version(value: bool) -> None:

@@ -81,6 +81,8 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from togi.models.loading import dequantized_copy
+
     hf_logging.disable_progress_bar()
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF de-quantizer uses tqdm directly
     try:
@@ -89,14 +91,8 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     finally:
         hf_logging.enable_progress_bar()
         os.environ.pop("TQDM_DISABLE", None)
-    config = quantized.config
-    # The GGUF loader marks the model as quantized although its weights are already float:
-    # drop the marker and rebuild a plain model so that save_pretrained works.
-    del config.quantization_config
-    config._name_or_path = EMBEDDED_MODEL_NAME
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
+    model = dequantized_copy(quantized, torch.float32)
+    model.config._name_or_path = EMBEDDED_MODEL_NAME
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     marker = {

@@ -1,0 +1,94 @@
+"""``togi train``: fine-tune from a recipe, flags or both; ``--resume RUN_DIR`` continues a run."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from togi.cli import render
+from togi.cli.data import errors, fail, user_errors
+from togi.config import ConfigError, TrainConfig, load_config
+
+console = Console()
+
+
+def _render_config_error(error: ConfigError) -> typer.Exit:
+    errors.print(Text(f"togi: the recipe has {len(error.issues)} problem(s) ({error.source}):", style="bold red"))
+    for issue in error.issues:
+        where = f"{error.source}:{issue.line} " if issue.line else ""
+        errors.print(Text(f"  {where}{issue.path}: {issue.message}", style="red"), soft_wrap=True)
+        errors.print(Text(f"      hint: {issue.hint}", style="dim"), soft_wrap=True)
+    return typer.Exit(2)
+
+
+def train_command(
+    recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML (see examples/recipes/).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Training data file (sets data.train_file).")] = None,
+    val_file: Annotated[Optional[Path], typer.Option(help="Validation data file (sets data.val_file).")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(help="Hold out this share of the training data for validation.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Base model: the embedded default's name, a directory, a .gguf file or a hub id.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="full, freeze, lora, dora, qlora, prompt_tuning or prefix_tuning.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<date>-<method>).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto picks per device).")] = None,
+    train_on_prompt: Annotated[bool, typer.Option("--train-on-prompt", help="Take the loss on every token, not only the answers.")] = False,
+    auto_batch: Annotated[bool, typer.Option("--auto-batch", help="Halve the batch on a GPU out-of-memory error and retry.")] = False,
+    set_values: Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe field: --set lora.r=32 (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+) -> None:
+    """Fine-tune a model on your data. Validates the recipe and the data before any model loads.
+
+    Examples:  togi train --data train.jsonl          togi train examples/recipes/reviews-lora.yaml --set lora.r=32
+    """
+    overrides = list(set_values or [])
+    flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "model": model, "method": method,
+             "output_dir": output_dir, "training.epochs": epochs, "training.max_steps": max_steps, "training.precision": precision}
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if train_on_prompt:
+        overrides.append("data.train_on_prompt=true")
+    if auto_batch:
+        overrides.append("training.auto_batch=true")
+    try:
+        if resume is not None:
+            if recipe is not None or overrides:
+                raise fail("--resume continues a run exactly as it was configured", f"drop the other arguments; the recipe is {resume}/config.yaml")
+            if not (resume / "config.yaml").is_file():
+                raise fail(f"{resume} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
+            config = load_config(resume / "config.yaml")
+        else:
+            config = load_config(recipe, overrides)
+    except ConfigError as error:
+        raise _render_config_error(error) from None
+    _run(config, resume)
+
+
+def _run(config: TrainConfig, resume: Path | None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from togi.train import TrainingFailed, train
+    from togi.train.data import TrainingDataError
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    with user_errors():
+        try:
+            result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+        except TrainingDataError as error:
+            render.render_findings(errors, error.findings)
+            raise fail(str(error), "fix the data, then train again", 1) from None
+        except ConfigError as error:
+            raise _render_config_error(error) from None
+        except TrainingFailed as error:
+            raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+    console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"
+                       + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+                       + (f", {result.tokens_per_second:.0f} tokens/s" if result.tokens_per_second else ""), style="bold green"))
+    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   loss curve: {result.run_dir / 'loss.png'}",
+                  soft_wrap=True, highlight=False)

@@ -1,0 +1,275 @@
+"""Recipes: YAML in, validated pydantic objects out, before any model loads.
+
+Every problem is reported with the field's dotted path (``lora.r``), the line of the recipe file where
+it is set when it comes from a file, and a hint. Unknown keys are errors, with the closest known key
+suggested. Any field can be overridden with ``--set path=value`` (the value is read as YAML).
+
+Defaults follow the seeds: LoRA r=16, alpha=32, dropout 0.05 on all attention and MLP projections;
+3 epochs; batch 4 with 4 accumulation steps; learning rate 2e-4 for adapters, 2e-5 for full and
+partial fine-tuning; cosine schedule with 10% warm-up; weight decay 0.01; max length 2048.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from togi.models.embedded import EMBEDDED_MODEL_NAME
+
+Method = Literal["full", "freeze", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning"]
+ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning")
+LORA_PRESETS = ("minimal", "standard", "full")
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, gt=0, le=1024, description="rank of the update matrices")
+    alpha: float = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: Union[Literal["minimal", "standard", "full"], list[str]] = Field(
+        "full", description="minimal (q, v), standard (q, k, v, o), full (attention + MLP), or module names"
+    )
+
+
+class FreezeSettings(_Section):
+    trainable_blocks: int = Field(2, ge=0, description="train the last N transformer blocks")
+    trainable_modules: list[str] = Field(default_factory=list, description="also train parameters whose names contain these, e.g. lm_head, norm")
+
+
+class VirtualTokenSettings(_Section):
+    virtual_tokens: int = Field(20, gt=0, le=512)
+    init_text: str | None = Field(None, description="prompt tuning only: initialise the virtual tokens from this text")
+
+
+class DataSettings(_Section):
+    train_file: Path
+    val_file: Path | None = None
+    val_ratio: float = Field(0.1, ge=0, lt=0.5, description="held out from train_file when there is no val_file")
+    format: str | None = None
+    encoding: str = "utf-8"
+    input_column: str = "question"
+    output_column: str = "answer"
+    system: str | None = None
+    max_length: int = Field(2048, gt=0)
+    train_on_prompt: bool = False
+    packing: bool = Field(True, description="padding-free batches: examples concatenated, never attending to each other")
+    group_by_length: bool = True
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        from togi.data.formats import FORMATS
+
+        if value is not None and value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; choose one of: {', '.join(FORMATS)}")
+        return value
+
+
+class TrainingSettings(_Section):
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation: int = Field(4, gt=0)
+    learning_rate: float | None = Field(None, description="default: 2e-4 for adapters, 2e-5 for full and freeze")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
+    auto_batch: bool = Field(False, description="on a GPU out-of-memory error, halve the batch and retry")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _sane_learning_rate(cls, value: float | None) -> float | None:
+        if value is not None and not MIN_LEARNING_RATE <= value <= MAX_LEARNING_RATE:
+            raise ValueError(f"{value:g} is outside the sane range [{MIN_LEARNING_RATE:g}, {MAX_LEARNING_RATE:g}]")
+        return value
+
+
+class MonitoringSettings(_Section):
+    log_every: int = Field(1, gt=0, description="steps between metric records")
+    eval_every: int = Field(50, gt=0, description="steps between evaluations on the validation set")
+    save_every: int = Field(50, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0, description="the last K checkpoints are kept (and the best, with early stopping)")
+    early_stopping_patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+
+
+class TrainConfig(_Section):
+    model: str = EMBEDDED_MODEL_NAME
+    method: Method = "lora"
+    output_dir: Path | None = Field(None, description="the run directory (default: runs/<date>-<method>)")
+    data: DataSettings
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    freeze: FreezeSettings = Field(default_factory=FreezeSettings)
+    prompt_tuning: VirtualTokenSettings = Field(default_factory=VirtualTokenSettings)
+    prefix_tuning: VirtualTokenSettings = Field(default_factory=VirtualTokenSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @model_validator(mode="after")
+    def _method_fits_the_machine(self) -> TrainConfig:
+        if self.method == "qlora":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("qlora quantizes the model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                                 "on this machine use method: lora")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        if self.training.learning_rate is not None:
+            return self.training.learning_rate
+        if self.method in ("prompt_tuning", "prefix_tuning"):
+            return 3e-3  # virtual tokens start far from useful values and need larger steps
+        return 2e-4 if self.method in ADAPTER_METHODS else 2e-5
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+    hint: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path}: {self.message} (hint: {self.hint})"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        super().__init__(f"{source}: " + "; ".join(str(issue) for issue in issues))
+        self.source = source
+        self.issues = issues
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``lora.r=32`` sets data["lora"]["r"] = 32; the value is read as YAML (numbers, booleans, lists)."""
+    if "=" not in assignment:
+        raise ConfigError("--set", [ConfigIssue(assignment, "an override needs the form path=value", "e.g. --set lora.r=32")])
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    target = data
+    for key in keys[:-1]:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    target[keys[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] = (), base: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a recipe (optional), apply ``--set`` overrides, validate. Raises ConfigError naming each field."""
+    source = str(path) if path else "command line"
+    text = ""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(source, [ConfigIssue("recipe", "no such file", "check the path of the recipe YAML")])
+        text = path.read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            raise ConfigError(source, [ConfigIssue("recipe", f"invalid YAML: {getattr(error, 'problem', error)}",
+                                                   "check indentation and quoting", line=mark.line + 1 if mark else None)]) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, [ConfigIssue("recipe", "the recipe must be a mapping of keys to values", "see examples/recipes/")])
+        data = _merge(data, loaded)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(source, [_issue(item, text) for item in error.errors()]) from None
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
+    location = [str(part) for part in error["loc"] if not str(part).startswith(("function-after", "literal["))]
+    path = ".".join(location) or "recipe"
+    kind = error["type"]
+    message = error["msg"].removeprefix("Value error, ")
+    hint = "see the recipe reference in README.md"
+    if kind == "extra_forbidden":
+        message = "unknown key"
+        section = _section_model(location[:-1])
+        close = difflib.get_close_matches(location[-1], list(section.model_fields), n=1) if section else []
+        hint = f"did you mean {'.'.join(location[:-1] + close)!r}?" if close else (
+            f"known keys here: {', '.join(section.model_fields)}" if section else hint)
+    elif kind == "missing":
+        hint = "add it to the recipe, or pass it on the command line"
+        if path == "data":
+            message, hint = "no training data", "set data.train_file (or pass --data FILE)"
+    elif "learning_rate" in path:
+        hint = "typical values: 2e-4 for LoRA, 2e-5 for full fine-tuning"
+    elif kind in _BOUNDS:
+        limit = next(iter((error.get("ctx") or {}).values()), "")
+        hint = f"set {path} to a number {_BOUNDS[kind]} {limit}"
+    elif kind.startswith("literal_error"):
+        hint = "use one of the values listed"
+    elif kind.endswith(("_type", "_parsing")):
+        hint = f"check the type of {path}: {message.lower()}"
+    if path == "recipe" and "qlora" in message:
+        path, hint = "method", "QLoRA runs on a CUDA GPU only"
+    return ConfigIssue(path=path, message=message, hint=hint, line=_line_of(text, location))
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _section_model(location: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = TrainConfig
+    for part in location:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _line_of(text: str, location: list[str]) -> int | None:
+    """The 1-based line of a key path in the recipe's YAML, when the recipe sets it."""
+    if not text:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in location:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((key, value) for key, value in node.value if key.value == part), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line

@@ -1,0 +1,46 @@
+"""The loss-curve PNG of a run, drawn from its metrics JSONL (train and eval loss by step)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_metrics(metrics_path: Path) -> list[dict]:
+    if not metrics_path.is_file():
+        return []
+    records = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut off by a killed run
+    return records
+
+
+def plot_losses(metrics_path: Path, plot_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    evaluation = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        axes.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.2)
+    if evaluation:
+        axes.plot(*zip(*evaluation), label="eval loss", color="#d62728", marker="o", linewidth=1.5)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("togi training loss")
+    axes.grid(alpha=0.3)
+    if train or evaluation:
+        axes.legend()
+    figure.tight_layout()
+    temporary = plot_path.with_name(f".{plot_path.name}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, plot_path)

@@ -1,0 +1,242 @@
+"""The supervised fine-tuning recipe: one readable function from a validated config to a run directory.
+
+    config -> device plan -> model source and tokenizer -> checked, split, tokenized data
+           -> model with the method applied -> TRL SFTTrainer with togi's callbacks -> adapter or model
+
+Everything a run needs to be understood later is written to its run directory (see ``run_dir.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from togi.config import TrainConfig
+from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
+from togi.models.device import DevicePlan, plan_device
+from togi.models.loading import load_causal_lm
+from togi.models.resolve import load_tokenizer, resolve_model
+from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
+from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
+from togi.train.sampling import SeededLengthGroupedSampler
+from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
+
+OOM_REMEDIES = (
+    "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
+    "turn on training.gradient_checkpointing; use method qlora on a GPU; lower data.max_length; "
+    "or let training.auto_batch find the largest batch that fits"
+)
+
+
+class TrainingFailed(Exception):
+    """The run stopped for a reason the user can act on; ``run_dir`` keeps what was saved."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    output_dir: Path
+    status: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    parameters: ParameterCount
+    tokens_per_second: float | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume_dir: Path | str | None = None,
+    console: Any = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train as the config says and return where the result is. ``resume_dir`` continues a run from its
+    last checkpoint, with the same data order and random state as if it had never stopped."""
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
+    checkpoint = run.last_checkpoint() if resume_dir else None
+    if not resume_dir and run.path.exists() and any(run.path.iterdir()):
+        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        log(f"warning: {message}")
+
+    plan = plan_device(config.training.precision)
+    source = resolve_model(config.model, log)
+    check_method_fits(config, source)
+    tokenizer = load_tokenizer(config.model, log)
+    template_note = "the model's own"
+    if chat_template_of(tokenizer)[1]:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        template_note = "togi's ChatML fallback (the tokenizer had none)"
+        warn("the tokenizer has no chat template: using togi's ChatML fallback (recorded in run.json)")
+    data = load_training_data(config, tokenizer, seed=config.training.seed)
+    log(f"data: {len(data.train)} training and {len(data.val)} validation examples; {plan.description}")
+    for finding in data.warnings[:5]:
+        warn(f"data: {finding}")
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_split(data.train, run.data_dir / "train.jsonl")
+    if data.val:
+        save_split(data.val, run.data_dir / "val.jsonl")
+    train_set = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt)
+    val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt) if data.val else None
+
+    model = load_causal_lm(source, plan, quantize_4bit=config.method == "qlora")
+    set_seed(config.training.seed)  # adapter initialisation draws random numbers: the same seed, the same run
+    model = apply_method(model, config, source.directory)
+    parameters = count_parameters(model)
+    log(str(parameters))
+
+    run.config_path.write_text(config.to_yaml(), encoding="utf-8")
+    run.write_info(
+        status="running", method=config.method, model=config.model, device=plan.description, parameters=str(parameters),
+        chat_template=template_note, versions=library_versions(), started_at=int(time.time()),
+        data={"train": file_fingerprint(config.data.train_file),
+              "val": file_fingerprint(config.data.val_file) if config.data.val_file else None,
+              "train_examples": len(data.train), "val_examples": len(data.val)},
+    )
+    if checkpoint is not None:
+        run.drop_metrics_after(int(checkpoint.name.rsplit("-", 1)[-1]))
+        log(f"resuming from {checkpoint}")
+
+    recorder = MetricsRecorder(run.metrics_path, run.plot_path)
+    guard = HealthGuard(warn)
+    callbacks = [recorder, guard]
+    if console is not None:
+        callbacks.append(RichProgress(console, recorder))
+    if config.monitoring.early_stopping_patience and val_set is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.monitoring.early_stopping_patience))
+
+    trainer = _trainer_class(SFTTrainer)(
+        model=model,
+        args=_trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except (RuntimeError, MemoryError) as error:
+        if _is_out_of_memory(error):
+            run.write_info(status="failed", error="out of memory")
+            raise TrainingFailed(f"out of memory at batch size {config.training.batch_size}: {OOM_REMEDIES}", run.path) from None
+        raise
+    finally:
+        recorder.refresh_plot()
+
+    if guard.bad_loss_step is not None:
+        last_good = run.last_checkpoint()
+        run.write_info(status="failed", error=f"loss became NaN or infinite at step {guard.bad_loss_step}",
+                       last_good_checkpoint=str(last_good) if last_good else None)
+        raise TrainingFailed(
+            f"the loss became NaN or infinite at step {guard.bad_loss_step}; training stopped and nothing was saved from that step "
+            f"(last good checkpoint: {last_good or 'none yet'}). Lower training.learning_rate, keep max_grad_norm at 1.0, "
+            "or train in fp32 (training.precision: fp32)", run.path)
+
+    output_dir = run.output_dir(config)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    records = [r for r in _read_records(run) if "train_loss" in r or "eval_loss" in r]
+    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+    eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
+    speeds = [r["tokens_per_second"] for r in records if "tokens_per_second" in r]
+    status = "early_stopped" if trainer.state.global_step < trainer.state.max_steps else "succeeded"
+    result = RunResult(
+        run_dir=run.path, output_dir=output_dir, status=status, steps=trainer.state.global_step,
+        train_loss=train_losses[-1] if train_losses else output.training_loss,
+        eval_loss=eval_losses[-1] if eval_losses else None, parameters=parameters,
+        tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None, warnings=warnings,
+    )
+    run.write_info(status=status, finished_at=int(time.time()), output=str(output_dir), warnings=warnings,
+                   result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                           "tokens_per_second": result.tokens_per_second})
+    write_model_card(run, config, run.read_info())
+    return result
+
+
+def _trainer_class(sft_trainer: type) -> type:
+    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``)."""
+
+    class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    return TogiSFTTrainer
+
+
+def _read_records(run: RunDirectory) -> list[dict]:
+    from togi.train.plot import read_metrics
+
+    return read_metrics(run.metrics_path)
+
+
+def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool) -> Any:
+    training, monitoring = config.training, config.monitoring
+    virtual_tokens = config.method in ("prompt_tuning", "prefix_tuning")
+    activation_checkpointing = plan.device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
+    return sft_config_class(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=training.scheduler,
+        warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        seed=training.seed,
+        data_seed=training.seed,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=plan.device == "cpu",
+        activation_checkpointing=activation_checkpointing,
+        auto_find_batch_size=training.auto_batch,
+        logging_steps=monitoring.log_every,
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=monitoring.eval_every,
+        save_strategy="steps",
+        save_steps=monitoring.save_every,
+        save_total_limit=monitoring.keep_checkpoints,
+        load_best_model_at_end=bool(monitoring.early_stopping_patience and has_val),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to=[] if monitoring.report_to == "none" else [monitoring.report_to],
+        disable_tqdm=True,
+        # Tokenized and truncated by togi; padding-free batches flatten examples with position ids, which
+        # transformers turns into a block-diagonal mask so that examples never attend to each other.
+        max_length=None,
+        padding_free=config.data.packing and not virtual_tokens,
+        train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
+        dataloader_num_workers=0,
+    )
