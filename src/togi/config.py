@@ -221,7 +221,9 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
     if kind == "extra_forbidden":
         message = "unknown key"
         section = _section_model(location[:-1])
-        close = difflib.get_close_matches(location[-1], list(section.model_fields), n=1) if section else []
+        alias = KEY_ALIASES.get(location[-1])
+        close = [alias] if section and alias in section.model_fields else (
+            difflib.get_close_matches(location[-1], list(section.model_fields), n=1) if section else [])
         hint = f"did you mean {'.'.join(location[:-1] + close)!r}?" if close else (
             f"known keys here: {', '.join(section.model_fields)}" if section else hint)
     elif kind == "missing":
@@ -242,6 +244,15 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
     return ConfigIssue(path=path, message=message, hint=hint, line=_line_of(text, location))
 
 
+# Names other tools (TRL, PEFT, Axolotl, LLaMA-Factory) use for togi's keys.
+KEY_ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets",
+    "lora_target": "targets", "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation", "max_seq_length": "max_length", "sequence_len": "max_length",
+    "cutoff_len": "max_length", "lr_scheduler_type": "scheduler", "lr_scheduler": "scheduler", "base_model": "model",
+    "model_name_or_path": "model", "finetuning_type": "method", "dataset": "train_file",
+}
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 

@@ -1,0 +1,192 @@
+"""Training on a tiny in-process model: every method learns, trains only what it should, and its
+output loads in the library users already have (PEFT, transformers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from togi.config import load_config
+from togi.data.examples import Message
+from togi.data.template import tokenize_chat
+from togi.train import TrainingFailed, train
+from togi.train.data import IGNORE_INDEX, tokenize_examples
+from togi.data.examples import ChatExample, Source
+
+from conftest import build_tiny_model, distinct_chats, write_jsonl
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", distinct_chats(48))
+
+
+def run(tmp_path, model_dir, train_file, method, *extra: str, steps: int = 12, learning_rate: float = 1e-2):
+    config = load_config(None, [
+        f"model={model_dir}", f"method={method}", f"data.train_file={train_file}", f"output_dir={tmp_path / 'run'}",
+        f"training.max_steps={steps}", "training.batch_size=4", "training.gradient_accumulation=1",
+        f"training.learning_rate={learning_rate}", "training.warmup_ratio=0", "monitoring.eval_every=6",
+        "monitoring.save_every=6", *extra,
+    ])
+    return train(config, log=lambda message: None)
+
+
+def train_losses(result) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+            if "train_loss" in json.loads(line)]
+
+
+def assert_loss_falls(result) -> None:
+    losses = train_losses(result)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def original_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("method,learning_rate", [("lora", 1e-2), ("dora", 1e-2), ("prompt_tuning", 1e-1), ("prefix_tuning", 1e-2)])
+def test_adapter_methods_learn_and_load_with_plain_peft(tmp_path, tiny_model_dir, train_file, method, learning_rate):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(tmp_path, tiny_model_dir, train_file, method, learning_rate=learning_rate)
+    assert result.status == "succeeded" and result.output_dir == tmp_path / "run" / "adapter"
+    assert_loss_falls(result)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = PeftModel.from_pretrained(base, result.output_dir)
+    ids = torch.tensor([[1, 5, 9, 20]])
+    with torch.no_grad():
+        with tuned.disable_adapter():
+            plain_logits = tuned(input_ids=ids).logits
+        tuned_logits = tuned(input_ids=ids).logits[:, -ids.shape[1]:]  # prompt tuning also returns its virtual positions
+    assert not torch.allclose(plain_logits, tuned_logits)  # the adapter does something
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        assert torch.equal(plain_logits, reference(input_ids=ids).logits)  # and the base is untouched
+    assert result.parameters.trainable < result.parameters.total / 2
+
+
+def test_lora_minimal_preset_trains_only_query_and_value_projections(tmp_path, tiny_model_dir, train_file):
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", "lora.targets=minimal", steps=2)
+    keys = load_file(result.output_dir / "adapter_model.safetensors").keys()
+    assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in keys} == {"q_proj", "v_proj"}
+    assert json.loads((result.output_dir / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_full_fine_tuning_changes_every_weight_and_saves_a_plain_model(tmp_path, tiny_model_dir, train_file):
+    from transformers import AutoModelForCausalLM
+
+    result = run(tmp_path, tiny_model_dir, train_file, "full", learning_rate=2e-3)
+    assert_loss_falls(result)
+    assert result.output_dir.name == "model"
+    AutoModelForCausalLM.from_pretrained(result.output_dir)
+    before, after = original_weights(tiny_model_dir), load_file(result.output_dir / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == set(before)
+
+
+def test_freeze_trains_only_the_last_blocks_and_the_named_modules(tmp_path, tiny_model_dir, train_file):
+    result = run(tmp_path, tiny_model_dir, train_file, "freeze", "freeze.trainable_blocks=1", "freeze.trainable_modules=[lm_head]",
+                 learning_rate=2e-3)
+    assert_loss_falls(result)
+    before, after = original_weights(tiny_model_dir), load_file(result.output_dir / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if name.startswith("model.layers.1.") or name == "lm_head.weight"}
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer, train_file):
+    model = build_tiny_model(tokenizer)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model_dir = tmp_path / "broken-model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    with pytest.raises(TrainingFailed, match="NaN or infinite at step 1"):
+        run(tmp_path, model_dir, train_file, "lora")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed" and info["last_good_checkpoint"] is None
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+
+
+def test_the_run_directory_describes_the_run(tmp_path, tiny_model_dir, train_file):
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", steps=6)
+    run_dir = result.run_dir
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "loss.png", "README.md", "data/train.jsonl", "data/val.jsonl"):
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "succeeded" and info["data"]["train"]["sha256"] and info["versions"]["peft"]
+    assert info["data"]["train_examples"] + info["data"]["val_examples"] == 48
+    assert "trainable params:" in info["parameters"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in records if "train_loss" in r)
+    assert {"step", "train_loss", "grad_norm", "learning_rate", "tokens_per_second", "peak_memory_mb"} <= set(step)
+    assert any("eval_loss" in r and "eval_token_accuracy" in r for r in records)
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_config(run_dir / "config.yaml").method == "lora"  # the resolved recipe reads back
+
+
+def test_loss_falls_only_on_trained_positions_including_weight_zero(tokenizer):
+    messages = [Message("user", "返品できますか？"), Message("assistant", "確認します。", weight=0),
+                Message("user", "送料は？"), Message("assistant", "当社が負担します。")]
+    rows = tokenize_examples([ChatExample(messages=messages, source=Source("-", 1, 0))], tokenizer, max_length=512)
+    labels = rows[0]["labels"]
+    sequence = tokenize_chat(tokenizer, messages)
+    answer_start = sequence.text.index("当社が負担します。")
+    expected = [i for i, (start, _) in enumerate(sequence.offsets) if start >= answer_start]
+    assert [i for i, label in enumerate(labels) if label != IGNORE_INDEX] == expected
+    assert "確認します" not in "".join(sequence.text[sequence.offsets[i][0]:sequence.offsets[i][1]] for i in expected)
+    assert tokenizer.convert_ids_to_tokens(labels[expected[-2]]) == "<|im_end|>"
+
+
+def test_packed_examples_never_attend_to_each_other(tokenizer):
+    """A padding-free batch, exactly as TRL's collator builds it from togi's tokenized examples, gives
+    every example the logits it gets alone. (Training runs without a KV cache, as TRL forces: with a
+    cache, transformers would not derive the block-diagonal mask from the position ids.)"""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = build_tiny_model(tokenizer).eval()
+    examples = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9]}, {"input_ids": [10, 11, 12], "labels": [10, 11, 12]}]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]] and "attention_mask" not in batch
+    with torch.no_grad():
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits for e in examples], dim=1)
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, train_file):
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "togi", "train", "--data", str(train_file), "--model", str(tiny_model_dir),
+                "--output-dir", str(out), "--max-steps", "30", "--set", "training.gradient_accumulation=1",
+                "--set", "monitoring.save_every=10", "--set", "monitoring.eval_every=10"]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+    killed = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "adapter").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "togi", "train", "--resume", str(tmp_path / "killed")], check=True, capture_output=True)
+    whole = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+    def final_loss(run_dir: Path) -> float:
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "train_loss" in line][-1]["train_loss"]
+
+    assert final_loss(tmp_path / "whole") == final_loss(tmp_path / "killed")
