@@ -38,6 +38,8 @@ demo: setup
 	$(BIN)/togi data split $(DEMO_DATA) --val-ratio 0.1 --test-ratio 0.1 --stratify label \
 		--label-pattern '$(DEMO_LABELS)' --out-dir $(DEMO_OUT)
 	$(BIN)/togi data show $(DEMO_OUT)/reviews.train.jsonl -n 1
+	rm -rf runs/demo-lora
+	$(BIN)/togi train examples/recipes/reviews-lora.yaml
 
 test: setup-dev
 	$(BIN)/python -m pytest

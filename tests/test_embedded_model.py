@@ -44,3 +44,23 @@ def test_check_on_the_demo_set_with_the_default_model(cli):
     document = json.loads(result.stdout)
     assert document["findings"] == [] and document["stats"]["tokenizer"] == "smollm2-135m-instruct"
     assert document["stats"]["tokens"]["max"] < 2048
+
+
+def test_lora_on_the_embedded_model_trains_and_loads_with_peft(tmp_path):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    from togi.config import load_config
+    from togi.train import train
+
+    subset = tmp_path / "reviews.jsonl"
+    subset.write_text("".join(DEMO.read_text(encoding="utf-8").splitlines(keepends=True)[:12]), encoding="utf-8")
+    config = load_config(None, [f"data.train_file={subset}", "data.val_ratio=0", f"output_dir={tmp_path / 'run'}",
+                                "training.max_steps=2", "training.batch_size=2", "training.gradient_accumulation=1",
+                                "monitoring.samples=0"])
+    result = train(config, log=lambda message: None)
+    assert result.steps == 2 and result.train_loss is not None and result.train_loss < 5
+    model = AutoPeftModelForCausalLM.from_pretrained(result.output_dir)
+    assert model.base_model.model.config.model_type == "llama"
+    assert result.parameters.trainable == 4_884_480  # r=16 on every attention and MLP projection of 30 blocks
+    assert model.peft_config["default"].r == 16 and torch.is_tensor(next(model.parameters()))

@@ -61,7 +61,9 @@ class DataSettings(_Section):
     system: str | None = None
     max_length: int = Field(2048, gt=0)
     train_on_prompt: bool = False
-    packing: bool = Field(True, description="padding-free batches: examples concatenated, never attending to each other")
+    packing: Union[bool, Literal["auto"]] = Field(
+        "auto", description="padding-free batches: examples concatenated, never attending to each other; auto: on a GPU only "
+        "(on a CPU, length-grouped padded batches measured 1.45x faster: attention there costs the square of the row length)")
     group_by_length: bool = True
 
     @field_validator("format")
@@ -104,6 +106,7 @@ class MonitoringSettings(_Section):
     keep_checkpoints: int = Field(2, gt=0, description="the last K checkpoints are kept (and the best, with early stopping)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    samples: int = Field(3, ge=0, description="held-out prompts answered by the base and the tuned model at the end")
 
 
 class TrainConfig(_Section):

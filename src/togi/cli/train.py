@@ -73,6 +73,7 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
 
     from togi.train import TrainingFailed, train
     from togi.train.data import TrainingDataError
+    from togi.train.samples import render_samples
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -87,6 +88,8 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
             raise _render_config_error(error) from None
         except TrainingFailed as error:
             raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+    if result.samples:
+        render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"
                        + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                        + (f", {result.tokens_per_second:.0f} tokens/s" if result.tokens_per_second else ""), style="bold green"))

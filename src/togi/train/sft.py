@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from togi.config import TrainConfig
+from togi.config import ADAPTER_METHODS, TrainConfig
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
@@ -21,6 +21,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
+from togi.train.samples import Sample, sample_generations, save_samples
 from togi.train.sampling import SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 
@@ -50,10 +51,12 @@ class RunResult:
     parameters: ParameterCount
     tokens_per_second: float | None
     warnings: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
 
 
 def train(
@@ -159,6 +162,12 @@ def train(
     output_dir = run.output_dir(config)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
+    samples = []
+    if config.monitoring.samples:
+        held_out = (data.val or data.train)[: config.monitoring.samples]
+        load_base = None if config.method in ADAPTER_METHODS else (lambda: load_causal_lm(source, plan))
+        samples = sample_generations(trainer.model, tokenizer, held_out, load_base=load_base)
+        save_samples(samples, run.path / "samples.jsonl")
     records = [r for r in _read_records(run) if "train_loss" in r or "eval_loss" in r]
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
@@ -168,7 +177,7 @@ def train(
         run_dir=run.path, output_dir=output_dir, status=status, steps=trainer.state.global_step,
         train_loss=train_losses[-1] if train_losses else output.training_loss,
         eval_loss=eval_losses[-1] if eval_losses else None, parameters=parameters,
-        tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None, warnings=warnings,
+        tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None, warnings=warnings, samples=samples,
     )
     run.write_info(status=status, finished_at=int(time.time()), output=str(output_dir), warnings=warnings,
                    result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
@@ -236,7 +245,7 @@ def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: Device
         # Tokenized and truncated by togi; padding-free batches flatten examples with position ids, which
         # transformers turns into a block-diagonal mask so that examples never attend to each other.
         max_length=None,
-        padding_free=config.data.packing and not virtual_tokens,
+        padding_free=(config.data.packing is True or (config.data.packing == "auto" and plan.device == "cuda")) and not virtual_tokens,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         dataloader_num_workers=0,
     )
