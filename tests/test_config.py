@@ -120,3 +120,13 @@ def test_cli_train_refuses_data_with_errors_before_loading_the_model(cli, tmp_pa
     result = cli("train", "--data", BROKEN / "openai_rules.jsonl", "--model", tiny_model_dir, "--output-dir", tmp_path / "run")
     assert result.exit_code == 1
     assert "unrecognized_role" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_reporter_that_is_not_installed_is_a_config_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [f"data.train_file={tmp_path}", "monitoring.report_to=wandb"])
+    assert "pip install wandb" in issues(caught.value)["monitoring.report_to"][0]

@@ -22,7 +22,7 @@ from togi.train import TrainingFailed, train
 from togi.train.data import IGNORE_INDEX, tokenize_examples
 from togi.data.examples import ChatExample, Source
 
-from conftest import build_tiny_model, distinct_chats, write_jsonl
+from conftest import build_tiny_model, chat, distinct_chats, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -190,3 +190,40 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, tiny_mo
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "train_loss" in line][-1]["train_loss"]
 
     assert final_loss(tmp_path / "whole") == final_loss(tmp_path / "killed")
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
+    # Validation answers contradict the training answers, so fitting the training set soon makes the
+    # eval loss worse: with patience 1 the run stops early and restores the best evaluation's weights.
+    questions = [f"質問{i}: 商品{i * 37 % 101}の色は何色ですか？" for i in range(24)]
+    train_file = write_jsonl(tmp_path / "train.jsonl", [chat(q, f"赤色です。番号{i}") for i, q in enumerate(questions)])
+    val_file = write_jsonl(tmp_path / "val.jsonl", [chat(q, f"青色です。番号{i}") for i, q in enumerate(questions[:8])])
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", f"data.val_file={val_file}", "monitoring.early_stopping_patience=1",
+                 "monitoring.eval_every=2", "monitoring.save_every=2", "monitoring.keep_checkpoints=1", steps=60, learning_rate=3e-2)
+    assert result.status == "early_stopped" and result.steps < 60
+    evals = [json.loads(line)["eval_loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line]
+    best = min(range(len(evals)), key=evals.__getitem__)
+    assert evals[best + 1] >= evals[best]  # stopped after a worse evaluation
+    state = json.loads(next((result.run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_metric"] == min(evals)
+
+
+def test_resuming_with_changed_data_is_refused(tmp_path, tiny_model_dir):
+    train_file = write_jsonl(tmp_path / "train.jsonl", distinct_chats(20))
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", "monitoring.samples=0", steps=2)
+    write_jsonl(train_file, distinct_chats(21))
+    with pytest.raises(TrainingFailed, match="changed since this run started"):
+        train(load_config(result.run_dir / "config.yaml"), resume_dir=result.run_dir, log=lambda message: None)
+
+
+def test_a_tokenizer_without_a_chat_template_trains_with_the_recorded_fallback(tmp_path, train_file):
+    from conftest import build_tokenizer
+
+    tokenizer = build_tokenizer(chat_template=None)
+    model_dir = tmp_path / "no-template"
+    build_tiny_model(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    result = run(tmp_path, model_dir, train_file, "lora", "monitoring.samples=0", steps=2)
+    assert "fallback" in json.loads((result.run_dir / "run.json").read_text())["chat_template"]
+    assert any("no chat template" in warning for warning in result.warnings)
+    assert "<|im_start|>assistant" in (result.output_dir / "chat_template.jinja").read_text()  # exported with the adapter

@@ -122,6 +122,15 @@ class TrainConfig(_Section):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @model_validator(mode="after")
+    def _reporter_is_installed(self) -> TrainConfig:
+        import importlib.util
+
+        package = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(self.monitoring.report_to)
+        if package and importlib.util.find_spec(package) is None:
+            raise ValueError(f"monitoring.report_to is {package}, but the {package} package is not installed: pip install {package}")
+        return self
+
+    @model_validator(mode="after")
     def _method_fits_the_machine(self) -> TrainConfig:
         if self.method == "qlora":
             import torch
@@ -244,6 +253,8 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
         hint = f"check the type of {path}: {message.lower()}"
     if path == "recipe" and "qlora" in message:
         path, hint = "method", "QLoRA runs on a CUDA GPU only"
+    elif path == "recipe" and "report_to" in message:
+        path, hint = "monitoring.report_to", "install the package, or set report_to: none"
     return ConfigIssue(path=path, message=message, hint=hint, line=_line_of(text, location))
 
 

@@ -41,27 +41,30 @@ class TrainingData:
     warnings: list[Finding]
 
 
-def _load_checked(path: Path, config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, list[Finding]]:
+def _load_checked(path: Path, config: TrainConfig, tokenizer: PreTrainedTokenizerBase, *, validation: bool = False) -> tuple[Dataset, list[Finding]]:
     settings = config.data
     options = LoadOptions(format=settings.format, encoding=settings.encoding, input_column=settings.input_column,
                           output_column=settings.output_column, system=settings.system)
     dataset = load_dataset(path, options)
     report = check_dataset(dataset, tokenizer, CheckOptions(max_length=settings.max_length))
-    errors = [finding for finding in report.findings if finding.severity is Severity.ERROR]
+    findings = report.findings
+    if validation:  # a small validation set is normal: the example-count rules are for training data
+        findings = [finding for finding in findings if finding.code != "too_few_examples"]
+    errors = [finding for finding in findings if finding.severity is Severity.ERROR]
     if errors:
         raise TrainingDataError(f"{path} has {len(errors)} errors; run `togi data check {path}` for the details", errors)
     if dataset.kind is not ExampleKind.CHAT:
         raise TrainingDataError(
             f"{path} holds {dataset.kind.value} examples; supervised fine-tuning needs chat data "
             "(messages, alpaca, input/output pairs or CSV question/answer)", [])
-    return dataset, [finding for finding in report.findings if finding.severity is Severity.WARNING]
+    return dataset, [finding for finding in findings if finding.severity is Severity.WARNING]
 
 
 def load_training_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> TrainingData:
     train_set, warnings = _load_checked(config.data.train_file, config, tokenizer)
     examples = [example for example in train_set.examples if isinstance(example, ChatExample)]
     if config.data.val_file is not None:
-        val_set, val_warnings = _load_checked(config.data.val_file, config, tokenizer)
+        val_set, val_warnings = _load_checked(config.data.val_file, config, tokenizer, validation=True)
         return TrainingData(train=examples, val=[e for e in val_set.examples if isinstance(e, ChatExample)], warnings=warnings + val_warnings)
     if config.data.val_ratio == 0 or len(examples) < 10:
         return TrainingData(train=examples, val=[], warnings=warnings)

@@ -92,6 +92,10 @@ def train(
         template_note = "togi's ChatML fallback (the tokenizer had none)"
         warn("the tokenizer has no chat template: using togi's ChatML fallback (recorded in run.json)")
     data = load_training_data(config, tokenizer, seed=config.training.seed)
+    fingerprints = {"train": file_fingerprint(config.data.train_file),
+                    "val": file_fingerprint(config.data.val_file) if config.data.val_file else None}
+    if resume_dir:
+        _require_same_data(run, fingerprints)
     log(f"data: {len(data.train)} training and {len(data.val)} validation examples; {plan.description}")
     for finding in data.warnings[:5]:
         warn(f"data: {finding}")
@@ -112,13 +116,11 @@ def train(
     run.write_info(
         status="running", method=config.method, model=config.model, device=plan.description, parameters=str(parameters),
         chat_template=template_note, versions=library_versions(), started_at=int(time.time()),
-        data={"train": file_fingerprint(config.data.train_file),
-              "val": file_fingerprint(config.data.val_file) if config.data.val_file else None,
-              "train_examples": len(data.train), "val_examples": len(data.val)},
+        data={**fingerprints, "train_examples": len(data.train), "val_examples": len(data.val)},
     )
-    if checkpoint is not None:
-        run.drop_metrics_after(int(checkpoint.name.rsplit("-", 1)[-1]))
-        log(f"resuming from {checkpoint}")
+    if resume_dir:
+        run.drop_metrics_after(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0)
+        log(f"resuming from {checkpoint}" if checkpoint else "no checkpoint was saved yet: starting the run over")
 
     recorder = MetricsRecorder(run.metrics_path, run.plot_path)
     guard = HealthGuard(warn)
@@ -184,6 +186,16 @@ def train(
                            "tokens_per_second": result.tokens_per_second})
     write_model_card(run, config, run.read_info())
     return result
+
+
+def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
+    """A resumed run must see the data it started with, or it would silently train on something else."""
+    recorded = run.read_info().get("data", {})
+    for name, fingerprint in fingerprints.items():
+        before = recorded.get(name)
+        if before and fingerprint and before["sha256"] != fingerprint["sha256"]:
+            raise TrainingFailed(f"{fingerprint['path']} changed since this run started, so resuming would train on other data; "
+                                 "start a new run instead", run.path)
 
 
 def _trainer_class(sft_trainer: type) -> type:
