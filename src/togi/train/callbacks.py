@@ -40,7 +40,8 @@ class MetricsRecorder(TrainerCallback):
         self._last_time: float | None = None
         self._last_tokens = 0
         self._records_since_plot = 0
-        self.last_record: dict[str, Any] = {}
+        self.last_train: dict[str, Any] = {}  # the latest step record, and the latest evaluation, for the progress bar
+        self.last_eval: dict[str, Any] = {}
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._last_time = time.perf_counter()
@@ -66,7 +67,10 @@ class MetricsRecorder(TrainerCallback):
             record.update(eval_loss=logs["eval_loss"], eval_token_accuracy=logs.get("eval_mean_token_accuracy"))
         record["peak_memory_mb"] = round(peak_memory_mb(), 1)
         record = {key: value for key, value in record.items() if value is not None}
-        self.last_record = record
+        if "train_loss" in record:
+            self.last_train = record
+        if "eval_loss" in record:
+            self.last_eval = record
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self._records_since_plot += 1
@@ -146,7 +150,7 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, status=self._status())
 
     def _status(self) -> str:
-        record = self.recorder.last_record
+        record = {**self.recorder.last_train, **self.recorder.last_eval}
         parts = []
         if "train_loss" in record:
             parts.append(f"loss {record['train_loss']:.4f}")
