@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
 from togi.data.examples import ChatExample
 from togi.data.template import render_chat
 from togi.data.writer import atomic_write_text
+from togi.models.generation import answer_budget, generate_answers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,14 +30,6 @@ class Sample:
     tuned: str
 
 
-def _generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int) -> list[str]:
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    with torch.no_grad():
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in output]
-
-
 def sample_generations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -50,15 +41,17 @@ def sample_generations(
     """``load_base`` gives the untuned model for methods that changed the weights themselves."""
     prompts = [render_chat(tokenizer, example.prompt_messages, example.tools, add_generation_prompt=True) for example in examples]
     references = [example.final_answer for example in examples]
-    longest = max(len(tokenizer(reference, add_special_tokens=False)["input_ids"]) for reference in references)
-    budget = min(max_new_tokens, int(longest * 1.5) + 8)
-    model.eval()
-    tuned = _generate(model, tokenizer, prompts, budget)
+    budget = answer_budget(tokenizer, references, cap=max_new_tokens)
+
+    def answer(generator: Any) -> list[str]:
+        return [generation.text for generation in generate_answers(generator, tokenizer, prompts, max_new_tokens=budget)]
+
+    tuned = answer(model)
     if load_base is None:
         with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
-            base = _generate(model, tokenizer, prompts, budget)
+            base = answer(model)
     else:
-        base = _generate(load_base().to(model.device), tokenizer, prompts, budget)
+        base = answer(load_base().to(model.device))
     user_texts = [example.prompt_messages[-1].content for example in examples]
     return [Sample(prompt=p, reference=r, base=b, tuned=t) for p, r, b, t in zip(user_texts, references, base, tuned)]
 

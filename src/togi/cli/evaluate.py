@@ -1,0 +1,77 @@
+"""``togi eval``: the tuned model against a baseline on a test set, with a deploy gate."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from togi.cli.data import fail, user_errors
+
+console = Console()
+
+
+def _parse_floors(values: list[str]) -> dict[str, float]:
+    floors = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        try:
+            floors[name.strip()] = float(number)
+        except ValueError:
+            raise fail(f"--fail-below {value!r} is not METRIC=VALUE", "e.g. --fail-below rougeL=0.4 --fail-below accuracy=0.8") from None
+    return floors
+
+
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A training run directory.", show_default=False)],
+    data: Annotated[Path, typer.Option(help="Test data file (chat examples; the last assistant message is the reference).")],
+    baseline: Annotated[str, typer.Option(help="'base' (the model before tuning) or another run directory.")] = "base",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts answered together.")] = 8,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer length limit (default: 1.5x the longest reference).")] = None,
+    limit: Annotated[Optional[int], typer.Option("-n", min=1, help="Evaluate only the first N examples.")] = None,
+    label_pattern: Annotated[Optional[str], typer.Option(help="Regex whose first group is the label, for accuracy and macro-F1.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels to look for, for accuracy and macro-F1.")] = None,
+    fail_below: Annotated[Optional[list[str]], typer.Option(help="Deploy gate: METRIC=VALUE the tuned model must reach (repeatable).")] = None,
+    must_beat_baseline: Annotated[bool, typer.Option("--must-beat-baseline", help="Deploy gate: no metric may be worse than the baseline's.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for report.json and records.jsonl (default: RUN_DIR/eval).")] = None,
+) -> None:
+    """Evaluate a tuned model against its base (or another run) with the same greedy decoding."""
+    from transformers.utils import logging as hf_logging
+
+    from togi.evaluate.metrics import HIGHER_IS_BETTER
+    from togi.evaluate.runner import EvalOptions, EvaluationError, evaluate_run, gate_failures, write_report
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    floors = _parse_floors(fail_below or [])
+    options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                          label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else ())
+    with user_errors():
+        try:
+            with console.status("generating answers with the tuned model and the baseline ..."):
+                report = evaluate_run(run_dir, options)
+        except EvaluationError as error:
+            raise fail(str(error), "see `togi eval --help`") from None
+        path = write_report(report, out or run_dir / "eval")
+    table = Table(title=f"{report.n_examples} examples from {report.data}", title_justify="left")
+    for column in ("metric", "tuned", report.baseline.name, "delta"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for name, delta in report.deltas().items():
+        better = (delta > 0) == HIGHER_IS_BETTER[name] and delta != 0
+        style = "green" if better else ("red" if delta != 0 else "")
+        table.add_row(name, f"{report.tuned.metrics[name]:.4f}", f"{report.baseline.metrics[name]:.4f}", f"[{style}]{delta:+.4f}[/]" if style else f"{delta:+.4f}")
+    table.add_row("latency (s)", f"{report.tuned.latency_seconds:.2f}", f"{report.baseline.latency_seconds:.2f}", "")
+    table.add_row("tokens/s", f"{report.tuned.tokens_per_second:.1f}", f"{report.baseline.tokens_per_second:.1f}", "")
+    console.print(table)
+    console.print(f"report: {path}  (per-example records: {path.parent / 'records.jsonl'}; BLEU tokenizer: {report.bleu_tokenizer})",
+                  soft_wrap=True, highlight=False)
+    failures = gate_failures(report, floors, must_beat_baseline)
+    if failures:
+        for failure in failures:
+            console.print(f"[bold red]gate failed:[/] {failure}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)

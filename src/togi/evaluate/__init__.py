@@ -1,0 +1,1 @@
+"""Evaluation: metrics, generation, base-vs-tuned comparison, and the deploy gate."""

@@ -1,0 +1,107 @@
+"""Text metrics that are right for Japanese as well as English.
+
+- Exact match after NFKC normalisation (full-width and half-width forms agree), case and surrounding
+  whitespace ignored.
+- ROUGE-L with rouge-score, but with a CJK-aware tokenizer: rouge-score's default tokenizer keeps only
+  ``[a-z0-9]``, so every Japanese answer would score 0. Here each CJK character is a token and runs of
+  other letters or digits are words.
+- BLEU and chrF with sacrebleu. BLEU is tokenised per character when the references contain CJK text
+  (``tokenize="char"``), and with sacrebleu's standard ``13a`` otherwise; chrF is character-based.
+- Accuracy and macro-F1 for classification-style answers, through a label extractor (a regex or a list of
+  labels). An answer with no recognisable label counts as wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Sequence
+
+# Hiragana, katakana, CJK ideographs (with extension A and compatibility forms), half-width katakana, Hangul.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\uac00-\ud7af"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}_]+", re.UNICODE)
+_HAS_CJK = re.compile(rf"[{_CJK}]")
+
+# For each metric, whether a higher value is better (the deploy gate and the report's deltas use this).
+HIGHER_IS_BETTER = {
+    "exact_match": True, "rougeL": True, "bleu": True, "chrf": True, "accuracy": True, "macro_f1": True,
+    "perplexity": False, "mean_token_loss": False,
+}
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def tokenize_for_overlap(text: str) -> list[str]:
+    """CJK characters one by one, other words whole, punctuation dropped, after NFKC and case folding."""
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+class _CJKTokenizer:
+    """The tokenizer interface rouge-score expects."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize_for_overlap(text)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CJKTokenizer())
+    return scorer.score(reference, prediction)["rougeL"].fmeasure
+
+
+def bleu_tokenizer(references: Sequence[str]) -> str:
+    return "char" if any(_HAS_CJK.search(reference) for reference in references) else "13a"
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)], tokenize=bleu_tokenizer(references)).score
+
+
+def corpus_chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(list(predictions), [list(references)]).score
+
+
+@dataclass(frozen=True)
+class LabelExtractor:
+    """Finds the label in an answer: the first group of ``pattern``, or the first of ``labels`` that occurs."""
+
+    pattern: re.Pattern[str] | None = None
+    labels: tuple[str, ...] = ()
+
+    def __call__(self, text: str) -> str | None:
+        normalized = unicodedata.normalize("NFKC", text)
+        if self.pattern is not None:
+            match = self.pattern.search(normalized)
+            if match is None:
+                return None
+            return (match.group(1) if self.pattern.groups else match.group(0)).strip()
+        found = [(normalized.find(label), label) for label in self.labels if label in normalized]
+        return min(found)[1] if found else None
+
+
+def accuracy_and_macro_f1(predicted: Sequence[str | None], expected: Sequence[str]) -> tuple[float, float]:
+    """Accuracy, and the mean over the expected classes of each class's F1 (a missing label is wrong)."""
+    if not expected:
+        return 0.0, 0.0
+    accuracy = sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+    scores = []
+    for label in sorted(set(expected)):
+        true_positive = sum(p == label and e == label for p, e in zip(predicted, expected))
+        predicted_positive = sum(p == label for p in predicted)
+        actual_positive = sum(e == label for e in expected)
+        precision = true_positive / predicted_positive if predicted_positive else 0.0
+        recall = true_positive / actual_positive
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return accuracy, sum(scores) / len(scores)
