@@ -1,0 +1,69 @@
+"""`togi eval`: the tuned model and its baseline answer the same prompts, scored the same way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from togi.config import load_config
+from togi.evaluate.runner import EvalOptions, EvalReport, ModelScores, evaluate_run, gate_failures
+from togi.train import train
+
+from conftest import distinct_chats, write_jsonl
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory, tiny_model_dir):
+    directory = tmp_path_factory.mktemp("eval")
+    train_file = write_jsonl(directory / "train.jsonl", distinct_chats(24))
+    config = load_config(None, [f"model={tiny_model_dir}", f"data.train_file={train_file}", f"output_dir={directory / 'run'}",
+                                "training.max_steps=8", "training.batch_size=4", "training.gradient_accumulation=1",
+                                "training.learning_rate=1e-2", "monitoring.samples=0", "data.val_ratio=0"])
+    train(config, log=lambda message: None)
+    test_file = write_jsonl(directory / "test.jsonl", distinct_chats(30)[24:])
+    return directory / "run", test_file
+
+
+def test_tuned_and_base_are_scored_on_the_same_examples(tuned_run):
+    run_dir, test_file = tuned_run
+    report = evaluate_run(run_dir, EvalOptions(data=test_file, batch_size=4, max_new_tokens=12, label_pattern=r"在庫が(\d+)点"))
+    assert report.n_examples == 6 and report.baseline.name == "base"
+    for side in (report.tuned, report.baseline):
+        assert {"exact_match", "rougeL", "bleu", "chrf", "mean_token_loss", "perplexity", "accuracy", "macro_f1"} <= set(side.metrics)
+        assert len(side.records) == 6 and all(r["latency_seconds"] > 0 for r in side.records)
+        assert side.metrics["rougeL"] == pytest.approx(sum(r["rougeL"] for r in side.records) / 6, abs=1e-5)  # traceable
+    assert report.deltas()["rougeL"] == pytest.approx(report.tuned.metrics["rougeL"] - report.baseline.metrics["rougeL"])
+    assert report.tuned.metrics["mean_token_loss"] < report.baseline.metrics["mean_token_loss"]  # tuning lowered the loss
+    assert [r["expected_label"] for r in report.tuned.records] == [str(i) for i in range(24, 30)]
+
+
+def test_deploy_gate_names_the_metric_and_the_margin():
+    def side(name, **values):
+        return ModelScores(name=name, metrics=values, latency_seconds=0.1, tokens_per_second=10.0)
+
+    report = EvalReport(run_dir="r", data="d", n_examples=3, bleu_tokenizer="char",
+                        tuned=side("tuned", rougeL=0.30, perplexity=4.0), baseline=side("base", rougeL=0.35, perplexity=5.0))
+    assert gate_failures(report, {"rougeL": 0.25}, False) == []
+    assert gate_failures(report, {"rougeL": 0.4}, False) == ["rougeL is 0.3, below the required 0.4 by 0.1"]
+    assert gate_failures(report, {"perplexity": 3.5}, False) == ["perplexity is 4, above the required 3.5 by 0.5"]
+    assert gate_failures(report, {}, True) == ["rougeL: tuned 0.3 is worse than base 0.35 by 0.05"]
+    assert "not computed" in gate_failures(report, {"accuracy": 0.5}, False)[0]
+
+
+def test_cli_writes_the_report_and_fails_the_gate_with_exit_1(cli, tuned_run, tmp_path):
+    run_dir, test_file = tuned_run
+    result = cli("eval", run_dir, "--data", test_file, "--max-new-tokens", "8", "--out", tmp_path, "--fail-below", "exact_match=0.99")
+    assert result.exit_code == 1
+    assert "gate failed: exact_match is 0, below the required 0.99 by 0.99" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n_examples"] == 6 and set(report["deltas"]) == set(report["tuned"]["metrics"])
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert sorted({r["model"] for r in records}) == ["base", "tuned"] and len(records) == 12
+
+
+def test_cli_refuses_a_directory_that_is_not_a_run(cli, tmp_path):
+    result = cli("eval", tmp_path, "--data", write_jsonl(tmp_path / "t.jsonl", distinct_chats(3)))
+    assert result.exit_code == 2 and "not a togi run directory" in result.stderr
