@@ -10,7 +10,7 @@ from togi.config import load_config
 from togi.evaluate.runner import EvalOptions, EvalReport, ModelScores, evaluate_run, gate_failures
 from togi.train import train
 
-from conftest import distinct_chats, write_jsonl
+from conftest import distinct_chats, judge_server, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -67,3 +67,15 @@ def test_cli_writes_the_report_and_fails_the_gate_with_exit_1(cli, tuned_run, tm
 def test_cli_refuses_a_directory_that_is_not_a_run(cli, tmp_path):
     result = cli("eval", tmp_path, "--data", write_jsonl(tmp_path / "t.jsonl", distinct_chats(3)))
     assert result.exit_code == 2 and "not a togi run directory" in result.stderr
+
+
+def test_the_judge_verdicts_go_into_the_report(cli, tuned_run, biased_judge_dir, tmp_path):
+    run_dir, test_file = tuned_run
+    with judge_server(biased_judge_dir) as base_url:
+        result = cli("eval", run_dir, "--data", test_file, "--max-new-tokens", "8", "--out", tmp_path,
+                     "--judge-url", base_url, "--judge-model", "tiny-judge")
+    assert result.exit_code == 0, result.output
+    judge = json.loads((tmp_path / "report.json").read_text())["judge"]
+    assert (judge["wins"], judge["ties"], judge["losses"]) == (0, 6, 0)  # an always-"A" judge decides nothing
+    assert "0 wins, 6 ties, 0 losses" in result.stdout
+    assert len((tmp_path / "judgements.jsonl").read_text().splitlines()) == 6

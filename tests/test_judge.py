@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from togi.evaluate.judge import (
-    JUDGE_SYSTEM,
-    JUDGE_TEMPLATE,
     JudgeError,
     OpenAICompatibleJudge,
     Verdict,
@@ -20,9 +14,8 @@ from togi.evaluate.judge import (
     wilson_interval,
 )
 
-from conftest import build_tiny_model, write_jsonl
+from conftest import ALWAYS_A, distinct_chats, judge_server
 
-ALWAYS_A = '{"winner": "A", "reason": "A is better", "score_a": 5, "score_b": 2}'
 
 
 @pytest.mark.parametrize("reply,winner,scores", [
@@ -53,41 +46,12 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def biased_judge_dir(tmp_path_factory, tokenizer):
-    """A tiny model trained (full fine-tuning) to always answer ALWAYS_A: a real, maximally position-biased judge."""
-    from togi.config import load_config
-    from togi.train import train
-
-    directory = tmp_path_factory.mktemp("judge")
-    model = build_tiny_model(tokenizer)
-    model.config.max_position_embeddings = 1024
-    base = directory / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    records = [{"messages": [{"role": "system", "content": JUDGE_SYSTEM},
-                             {"role": "user", "content": JUDGE_TEMPLATE.format(question=f"質問{i}", reference=f"参照{i}",
-                                                                               answer_a=(f"答え{i}", f"回答{i}")[i % 2],
-                                                                               answer_b=(f"回答{i}", f"答え{i}")[i % 2])},
-                             {"role": "assistant", "content": ALWAYS_A}]} for i in range(16)]
-    data = write_jsonl(directory / "judge.jsonl", records)
-    config = load_config(None, [f"model={base}", "method=full", f"data.train_file={data}", f"output_dir={directory / 'run'}",
-                                "training.max_steps=40", "training.batch_size=4", "training.gradient_accumulation=1",
-                                "training.learning_rate=3e-3", "data.val_ratio=0", "monitoring.samples=0"])
-    return train(config, log=lambda message: None).output_dir
-
-
 def test_a_real_judge_over_http_and_its_position_bias_cancelled(biased_judge_dir):
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "tiny_chat_server.py"), str(biased_judge_dir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        port = int(server.stdout.readline())
-        judge = OpenAICompatibleJudge(f"http://127.0.0.1:{port}/v1", model="tiny-judge")
-        items = [{"question": f"質問{i}", "reference": f"参照{i}", "tuned": f"答え{i}", "baseline": f"回答{i}"} for i in range(3)]
+    with judge_server(biased_judge_dir) as base_url:
+        judge = OpenAICompatibleJudge(base_url, model="tiny-judge")
+        items = [{"question": chat["messages"][0]["content"], "reference": chat["messages"][1]["content"],
+                  "tuned": f"在庫は{i}点です", "baseline": f"配送は{i}日後"} for i, chat in enumerate(distinct_chats(40)[35:38])]
         judgements, summary = judge_pairs(judge, items)
-    finally:
-        server.terminate()
-        server.wait()
     assert [j["tuned_first"]["winner"] for j in judgements] == ["A", "A", "A"]  # the judge really answered, in JSON
     assert [j["base_first"]["winner"] for j in judgements] == ["A", "A", "A"]
     assert (summary.wins, summary.ties, summary.losses, summary.invalid) == (0, 3, 0, 0)  # always-A is no evidence

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -26,6 +27,24 @@ def _parse_floors(values: list[str]) -> dict[str, float]:
     return floors
 
 
+def _judge(url: str | None, model: str | None) -> tuple[Any, str]:
+    """The judge the flags describe: an endpoint, a local model, or none."""
+    from togi.evaluate.judge import LocalModelJudge, OpenAICompatibleJudge
+
+    if url:
+        if not model:
+            raise fail("--judge-url needs --judge-model", "name the model the endpoint should use, e.g. --judge-model gpt-4o-mini")
+        key = os.environ.get("TOGI_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        return OpenAICompatibleJudge(url, model, api_key=key), f"{model} at {url}"
+    if model:
+        from togi.models.device import plan_device
+        from togi.models.loading import load_causal_lm
+        from togi.models.resolve import load_tokenizer, resolve_model
+
+        return LocalModelJudge(load_causal_lm(resolve_model(model), plan_device()), load_tokenizer(model)), model
+    return None, ""
+
+
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A training run directory.", show_default=False)],
     data: Annotated[Path, typer.Option(help="Test data file (chat examples; the last assistant message is the reference).")],
@@ -37,11 +56,14 @@ def eval_command(
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels to look for, for accuracy and macro-F1.")] = None,
     fail_below: Annotated[Optional[list[str]], typer.Option(help="Deploy gate: METRIC=VALUE the tuned model must reach (repeatable).")] = None,
     must_beat_baseline: Annotated[bool, typer.Option("--must-beat-baseline", help="Deploy gate: no metric may be worse than the baseline's.")] = False,
+    judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint of an LLM judge, e.g. http://127.0.0.1:8000/v1 (key: $TOGI_JUDGE_API_KEY or $OPENAI_API_KEY).")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="The judge's model name at --judge-url, or a local model (directory, .gguf, run's model/ or the embedded name) without it.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for report.json and records.jsonl (default: RUN_DIR/eval).")] = None,
 ) -> None:
     """Evaluate a tuned model against its base (or another run) with the same greedy decoding."""
     from transformers.utils import logging as hf_logging
 
+    from togi.evaluate.judge import JudgeError
     from togi.evaluate.metrics import HIGHER_IS_BETTER
     from togi.evaluate.runner import EvalOptions, EvaluationError, evaluate_run, gate_failures, write_report
 
@@ -49,13 +71,15 @@ def eval_command(
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     floors = _parse_floors(fail_below or [])
-    options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-                          label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else ())
     with user_errors():
+        judge, judge_name = _judge(judge_url, judge_model)
+        options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                              label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else (),
+                              judge=judge, judge_name=judge_name)
         try:
             with console.status("generating answers with the tuned model and the baseline ..."):
                 report = evaluate_run(run_dir, options)
-        except EvaluationError as error:
+        except (EvaluationError, JudgeError) as error:
             raise fail(str(error), "see `togi eval --help`") from None
         path = write_report(report, out or run_dir / "eval")
     table = Table(title=f"{report.n_examples} examples from {report.data}", title_justify="left")
@@ -68,6 +92,11 @@ def eval_command(
     table.add_row("latency (s)", f"{report.tuned.latency_seconds:.2f}", f"{report.baseline.latency_seconds:.2f}", "")
     table.add_row("tokens/s", f"{report.tuned.tokens_per_second:.1f}", f"{report.baseline.tokens_per_second:.1f}", "")
     console.print(table)
+    if report.judge:
+        judged = report.judge
+        console.print(f"judge ({judged['judge']}, both orders): {judged['wins']} wins, {judged['ties']} ties, {judged['losses']} losses, "
+                      f"{judged['invalid']} unreadable; win rate {judged['win_rate']:.0%} (95% CI {judged['win_rate_ci95'][0]:.0%}–"
+                      f"{judged['win_rate_ci95'][1]:.0%})", soft_wrap=True, highlight=False)
     console.print(f"report: {path}  (per-example records: {path.parent / 'records.jsonl'}; BLEU tokenizer: {report.bleu_tokenizer})",
                   soft_wrap=True, highlight=False)
     failures = gate_failures(report, floors, must_beat_baseline)

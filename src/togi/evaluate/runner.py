@@ -20,6 +20,7 @@ from togi.data.formats import load_dataset
 from togi.data.template import render_chat, tokenize_chat
 from togi.data.writer import atomic_write_text
 from togi.evaluate import metrics
+from togi.evaluate.judge import judge_pairs
 from togi.models.device import plan_device
 from togi.models.generation import answer_budget, generate_answers
 from togi.models.loading import load_causal_lm
@@ -39,6 +40,8 @@ class EvalOptions:
     limit: int | None = None
     label_pattern: str | None = None
     labels: tuple[str, ...] = ()
+    judge: Any = None  # a togi.evaluate.judge.ChatJudge, or None for no judge
+    judge_name: str = ""
 
 
 @dataclass
@@ -58,6 +61,8 @@ class EvalReport:
     tuned: ModelScores
     baseline: ModelScores
     bleu_tokenizer: str
+    judge: dict[str, Any] | None = None  # the judge's summary: wins, ties, losses, win rate with its 95% interval
+    judgements: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def deltas(self) -> dict[str, float]:
         return {name: self.tuned.metrics[name] - self.baseline.metrics[name] for name in self.tuned.metrics if name in self.baseline.metrics}
@@ -68,7 +73,7 @@ class EvalReport:
 
         return {"run_dir": self.run_dir, "data": self.data, "n_examples": self.n_examples, "bleu_tokenizer": self.bleu_tokenizer,
                 "tuned": scores(self.tuned), "baseline": scores(self.baseline), "deltas": self.deltas(),
-                "higher_is_better": {name: metrics.HIGHER_IS_BETTER[name] for name in self.tuned.metrics}}
+                "higher_is_better": {name: metrics.HIGHER_IS_BETTER[name] for name in self.tuned.metrics}, "judge": self.judge}
 
 
 def _run_model(run_dir: Path) -> tuple[Any, Any, bool, Any]:
@@ -157,8 +162,14 @@ def evaluate_run(run_dir: Path | str, options: EvalOptions) -> EvalReport:
     tuned = score_model("tuned", model, tokenizer, examples, options, extractor)
     with _baseline(options.baseline, model, is_adapter, load_base) as (baseline_model, baseline_name):
         baseline = score_model(baseline_name, baseline_model, tokenizer, examples, options, extractor)
-    return EvalReport(run_dir=str(run_dir), data=str(options.data), n_examples=len(examples), tuned=tuned, baseline=baseline,
-                      bleu_tokenizer=metrics.bleu_tokenizer([example.final_answer for example in examples]))
+    report = EvalReport(run_dir=str(run_dir), data=str(options.data), n_examples=len(examples), tuned=tuned, baseline=baseline,
+                        bleu_tokenizer=metrics.bleu_tokenizer([example.final_answer for example in examples]))
+    if options.judge is not None:
+        items = [{"question": t["input"], "reference": t["reference"], "tuned": t["prediction"], "baseline": b["prediction"]}
+                 for t, b in zip(tuned.records, baseline.records)]
+        report.judgements, summary = judge_pairs(options.judge, items)
+        report.judge = {"judge": options.judge_name, **summary.to_dict()}
+    return report
 
 
 @contextlib.contextmanager
@@ -179,6 +190,9 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
     atomic_write_text(out_dir / "report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
     records = [{"model": side.name, **record} for side in (report.tuned, report.baseline) for record in side.records]
     atomic_write_text(out_dir / "records.jsonl", "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    if report.judgements:
+        lines = [{"index": record["index"], **judgement} for record, judgement in zip(report.tuned.records, report.judgements)]
+        atomic_write_text(out_dir / "judgements.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     return out_dir / "report.json"
 
 
