@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -10,6 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from togi.cli.data import fail, user_errors
 
@@ -104,3 +107,55 @@ def eval_command(
         for failure in failures:
             console.print(f"[bold red]gate failed:[/] {failure}", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
+
+
+def review_command(
+    source: Annotated[Path, typer.Argument(metavar="RUN_DIR|RECORDS", help="A run directory evaluated with `togi eval`, or its records.jsonl.", show_default=False)],
+    scores: Annotated[Optional[Path], typer.Option(help="CSV the scores are appended to (default: eval/review.csv next to the records).")] = None,
+    model: Annotated[str, typer.Option(help="Whose answers to review: tuned, or the baseline's name (base).")] = "tuned",
+) -> None:
+    """Score answers by hand, 0-5 for accuracy, relevance and expertise. Each score is saved at once; run
+    it again to continue. Answers come from standard input, so it can be piped."""
+    from togi.evaluate.review import CRITERIA, load_review_items, means, run_review
+
+    try:
+        items = load_review_items(source, model)
+    except FileNotFoundError as error:
+        raise fail(str(error), "evaluate the run first") from None
+    csv_path = scores or (source / "eval" if source.is_dir() else source.parent) / "review.csv"
+
+    def show(item: Any, position: int, total: int) -> None:
+        console.rule(f"{position}/{total} · example {item.index} (line {item.line})")
+        console.print(Text("question: ", style="bold") + Text(item.question), soft_wrap=True)
+        console.print(Text("expected: ", style="bold") + Text(item.expected), soft_wrap=True)
+        console.print(Text("answer:   ", style="bold green") + Text(item.answer), soft_wrap=True)
+
+    try:
+        given, complete = run_review(items, csv_path, stdin=sys.stdin, show=show, say=lambda text: console.print(text, end="", highlight=False, markup=False))
+    except KeyboardInterrupt:
+        console.print(f"\nstopped; every score given so far is in {csv_path}. Run the same command to continue.", soft_wrap=True)
+        raise typer.Exit(130) from None
+    console.print()
+    table = Table(title=f"mean scores ({csv_path})", title_justify="left")
+    for criterion in CRITERIA:
+        table.add_column(criterion, justify="right")
+    averages = means(csv_path)
+    table.add_row(*(f"{averages[c]:.2f}" if c in averages else "-" for c in CRITERIA))
+    console.print(table)
+    if not complete:
+        console.print(f"input ended after {given} new scores; run the same command to continue.", soft_wrap=True)
+
+
+class _EvalGroup(TyperGroup):
+    """`togi eval RUN_DIR ...` evaluates; `togi eval review ...` starts the human review."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
+                       help="Evaluate a tuned model against its base: `togi eval RUN_DIR --data test.jsonl`, or `togi eval review RUN_DIR`.")
+eval_app.command("run")(eval_command)
+eval_app.command("review")(review_command)

@@ -8,7 +8,7 @@ import typer
 
 from togi import __version__
 from togi.cli import data
-from togi.cli.evaluate import eval_command
+from togi.cli.evaluate import eval_app
 from togi.cli.train import train_command
 
 app = typer.Typer(
@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
-app.command("eval")(eval_command)
+app.add_typer(eval_app, name="eval")
 
 
 def _print_version(value: bool) -> None:
