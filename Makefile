@@ -40,6 +40,8 @@ demo: setup
 	$(BIN)/togi data show $(DEMO_OUT)/reviews.train.jsonl -n 1
 	rm -rf runs/demo-lora
 	$(BIN)/togi train examples/recipes/reviews-lora.yaml
+	$(BIN)/togi eval runs/demo-lora --data $(DEMO_OUT)/reviews.test.jsonl --label-pattern '$(DEMO_LABELS)' \
+		-n 12 --batch-size 12
 
 test: setup-dev
 	$(BIN)/python -m pytest

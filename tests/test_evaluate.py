@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -62,6 +63,10 @@ def test_cli_writes_the_report_and_fails_the_gate_with_exit_1(cli, tuned_run, tm
     assert report["n_examples"] == 6 and set(report["deltas"]) == set(report["tuned"]["metrics"])
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert sorted({r["model"] for r in records}) == ["base", "tuned"] and len(records) == 12
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page  # the loss curve travels inside the file
+    assert not re.search(r"(src|href)=['\"]https?:", page)  # nothing fetched from elsewhere
+    assert page.count("<tr>") == 1 + len(report["deltas"]) + 1 + 6  # header, metrics, examples header, examples
 
 
 def test_cli_refuses_a_directory_that_is_not_a_run(cli, tmp_path):
@@ -79,3 +84,10 @@ def test_the_judge_verdicts_go_into_the_report(cli, tuned_run, biased_judge_dir,
     assert (judge["wins"], judge["ties"], judge["losses"]) == (0, 6, 0)  # an always-"A" judge decides nothing
     assert "0 wins, 6 ties, 0 losses" in result.stdout
     assert len((tmp_path / "judgements.jsonl").read_text().splitlines()) == 6
+
+
+def test_differences_from_the_expected_answer_are_marked():
+    from togi.evaluate.html_report import _marked
+
+    assert _marked("ラベル: ネガティブ", "ラベル: ポジティブ") == "ラベル: <mark>ネガ</mark>ティブ"
+    assert _marked("<b>", "x") == "<mark>&lt;b&gt;</mark>"  # answers are escaped, never interpreted

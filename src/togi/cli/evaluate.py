@@ -100,8 +100,8 @@ def eval_command(
         console.print(f"judge ({judged['judge']}, both orders): {judged['wins']} wins, {judged['ties']} ties, {judged['losses']} losses, "
                       f"{judged['invalid']} unreadable; win rate {judged['win_rate']:.0%} (95% CI {judged['win_rate_ci95'][0]:.0%}–"
                       f"{judged['win_rate_ci95'][1]:.0%})", soft_wrap=True, highlight=False)
-    console.print(f"report: {path}  (per-example records: {path.parent / 'records.jsonl'}; BLEU tokenizer: {report.bleu_tokenizer})",
-                  soft_wrap=True, highlight=False)
+    console.print(f"report: {path.parent / 'report.html'} and {path.name}  (per-example records: {path.parent / 'records.jsonl'}; "
+                  f"BLEU tokenizer: {report.bleu_tokenizer})", soft_wrap=True, highlight=False)
     failures = gate_failures(report, floors, must_beat_baseline)
     if failures:
         for failure in failures:

@@ -20,6 +20,7 @@ from togi.data.formats import load_dataset
 from togi.data.template import render_chat, tokenize_chat
 from togi.data.writer import atomic_write_text
 from togi.evaluate import metrics
+from togi.evaluate.html_report import render_html
 from togi.evaluate.judge import judge_pairs
 from togi.models.device import plan_device
 from togi.models.generation import answer_budget, generate_answers
@@ -193,6 +194,8 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
     if report.judgements:
         lines = [{"index": record["index"], **judgement} for record, judgement in zip(report.tuned.records, report.judgements)]
         atomic_write_text(out_dir / "judgements.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    page = render_html(report.to_dict(), report.tuned.records, report.baseline.records, loss_plot=Path(report.run_dir) / "loss.png")
+    atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.json"
 
 
