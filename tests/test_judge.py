@@ -60,3 +60,14 @@ def test_a_real_judge_over_http_and_its_position_bias_cancelled(biased_judge_dir
 def test_an_unreachable_judge_is_a_clear_error():
     with pytest.raises(JudgeError, match="cannot reach the judge"):
         OpenAICompatibleJudge("http://127.0.0.1:9/v1", model="x", timeout=2).complete([{"role": "user", "content": "hi"}])
+
+
+def test_a_local_model_can_be_the_judge(biased_judge_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from togi.evaluate.judge import LocalModelJudge
+
+    judge = LocalModelJudge(AutoModelForCausalLM.from_pretrained(biased_judge_dir), AutoTokenizer.from_pretrained(biased_judge_dir))
+    chat = distinct_chats(40)[36]["messages"]
+    _, summary = judge_pairs(judge, [{"question": chat[0]["content"], "reference": chat[1]["content"], "tuned": "在庫あり", "baseline": "不明"}])
+    assert (summary.ties, summary.invalid) == (1, 0)
