@@ -40,7 +40,8 @@ def generate_answers(
         seconds = time.perf_counter() - began
         for row in output[:, batch["input_ids"].shape[1]:]:
             tokens = [token for token in row.tolist() if token != tokenizer.pad_token_id]
-            answers.append(Generation(text=tokenizer.decode(tokens, skip_special_tokens=True).strip(), new_tokens=len(tokens), seconds=seconds))
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip().rstrip("\ufffd")  # a character cut off by the token limit
+            answers.append(Generation(text=text, new_tokens=len(tokens), seconds=seconds))
     return answers
 
 
