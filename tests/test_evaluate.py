@@ -91,3 +91,9 @@ def test_differences_from_the_expected_answer_are_marked():
 
     assert _marked("ラベル: ネガティブ", "ラベル: ポジティブ") == "ラベル: <mark>ネガ</mark>ティブ"
     assert _marked("<b>", "x") == "<mark>&lt;b&gt;</mark>"  # answers are escaped, never interpreted
+
+
+def test_a_broken_label_pattern_is_a_usage_error(cli, tuned_run):
+    run_dir, test_file = tuned_run
+    result = cli("eval", run_dir, "--data", test_file, "--label-pattern", "ラベル: (")
+    assert result.exit_code == 2 and "not a valid regular expression" in result.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ import torch
 from togi.config import ADAPTER_METHODS, load_config
 from togi.data.examples import ChatExample
 from togi.data.formats import load_dataset
+from togi.data.labels import compile_label_pattern
 from togi.data.template import render_chat, tokenize_chat
 from togi.data.writer import atomic_write_text
 from togi.evaluate import metrics
@@ -156,8 +156,7 @@ def evaluate_run(run_dir: Path | str, options: EvalOptions) -> EvalReport:
         raise EvaluationError(f"{options.data} holds no valid chat examples; run `togi data check {options.data}`")
     extractor = None
     if options.label_pattern or options.labels:
-        extractor = metrics.LabelExtractor(pattern=re.compile(options.label_pattern, re.MULTILINE) if options.label_pattern else None,
-                                           labels=options.labels)
+        extractor = metrics.LabelExtractor(pattern=compile_label_pattern(options.label_pattern), labels=options.labels)
     torch.manual_seed(0)
     model, tokenizer, is_adapter, load_base = _run_model(run_dir)
     tuned = score_model("tuned", model, tokenizer, examples, options, extractor)
