@@ -44,7 +44,8 @@ def train_command(
 ) -> None:
     """Fine-tune a model on your data. Validates the recipe and the data before any model loads.
 
-    Examples:  togi train --data train.jsonl          togi train examples/recipes/reviews-lora.yaml --set lora.r=32
+    Examples: `togi train --data train.jsonl` · `togi train examples/recipes/reviews-lora.yaml --set lora.r=32` ·
+    `togi train --resume runs/NAME`
     """
     overrides = list(set_values or [])
     flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "model": model, "method": method,
