@@ -9,6 +9,7 @@ import typer
 from togi import __version__
 from togi.cli import data
 from togi.cli.evaluate import eval_app
+from togi.cli.export import export_command
 from togi.cli.train import train_command
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
+app.command("export")(export_command)
 
 
 def _print_version(value: bool) -> None:
