@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from togi.config import ADAPTER_METHODS, TrainConfig, load_config
 from togi.models.device import plan_device
@@ -77,6 +78,40 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _replace_directory(staging, out_dir)
+
+
+def tuned_model(run_dir: Path) -> tuple[Any, Any]:
+    """The run's final model in memory, with any LoRA/DoRA adapter merged in, and its tokenizer."""
+    config = _run_config(run_dir)
+    plan = plan_device("fp32")
+    if config.method in ("full", "freeze"):
+        return load_causal_lm(resolve_model(str(run_dir / "model")), plan), load_tokenizer(str(run_dir / "model"))
+    if config.method not in ("lora", "dora", "qlora"):
+        raise ExportError(f"{config.method} adapters cannot be merged into the weights")
+    from peft import PeftModel
+
+    adapter_dir = run_dir / "adapter"
+    if not adapter_dir.is_dir():
+        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)")
+    model = PeftModel.from_pretrained(load_causal_lm(resolve_model(config.model), plan), adapter_dir).merge_and_unload()
+    return model, load_tokenizer(str(adapter_dir))
+
+
+def export_gguf(run_dir: Path, out_dir: Path, gguf_type: str = "f16") -> tuple[Path, dict[str, Any]]:
+    """The run as a GGUF file, verified by loading it back with transformers on held-out prompts."""
+    from togi.data.formats import load_dataset
+    from togi.data.template import render_chat
+    from togi.export.gguf_writer import GGUFExportError, verify_gguf, write_gguf
+
+    model, tokenizer = tuned_model(run_dir)
+    try:
+        path = write_gguf(model, tokenizer, out_dir / f"model-{gguf_type}.gguf", gguf_type, name=run_dir.name)
+    except GGUFExportError as error:
+        raise ExportError(str(error)) from None
+    held_out = run_dir / "data" / ("val.jsonl" if (run_dir / "data" / "val.jsonl").is_file() else "train.jsonl")
+    examples = load_dataset(held_out).examples[:3]
+    prompts = [render_chat(tokenizer, example.prompt_messages, add_generation_prompt=True) for example in examples]
+    return path, verify_gguf(model, tokenizer, path, prompts)
 
 
 def export_adapter(run_dir: Path, out_dir: Path) -> Path:
