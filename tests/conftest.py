@@ -178,3 +178,27 @@ def judge_server(model_dir: Path):
     finally:
         server.terminate()
         server.wait()
+
+
+GO_TEMPLATE_MODULE = REPO / ".venv" / "node" / "node_modules" / "@evertdespiegeleer" / "go-template" / "dist" / "main.js"
+GO_TEMPLATE_MISSING = ("Go's text/template engine is not installed (`make setup-dev` installs the npm package "
+                       "@evertdespiegeleer/go-template into .venv/node; it needs node)")
+
+
+def go_template_available() -> bool:
+    import shutil
+
+    return GO_TEMPLATE_MODULE.is_file() and shutil.which("node") is not None
+
+
+def render_go_template(template: str, data: list[dict[str, Any]]) -> list[str]:
+    """Render ``template`` once per object in ``data`` with Go's own text/template, as Ollama does."""
+    request = json.dumps({"module": str(GO_TEMPLATE_MODULE), "template": template, "data": data})
+    result = subprocess.run(["node", str(REPO / "tests" / "go_template.mjs")], input=request, capture_output=True,
+                            text=True, timeout=60, check=True)
+    return json.loads(result.stdout)
+
+
+def ollama_messages(conversation: list[dict[str, str]]) -> dict[str, Any]:
+    """A conversation as Ollama hands it to a TEMPLATE: ``.Messages`` with ``Role`` and ``Content``."""
+    return {"Messages": [{"Role": message["role"], "Content": message["content"]} for message in conversation]}

@@ -1,10 +1,10 @@
-"""``togi export``: a run as a merged model or a portable adapter."""
+"""``togi export``: a run as merged weights, an adapter, GGUF, an Ollama model, ONNX, or a Hub repository."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -12,38 +12,126 @@ from rich.console import Console
 from togi.cli.data import fail, user_errors
 
 console = Console()
-TARGETS = ("merged", "adapter", "gguf")
+TARGETS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")
+
+
+def _say(text: str) -> None:
+    console.print(text, soft_wrap=True, highlight=False)
+
+
+def _print_agreement(agreement: dict[str, dict[str, Any]], skipped: list[str]) -> None:
+    for loader, result in agreement.items():
+        _say(f"  loaded back with {loader} on {result['greedy_equal'].split('/')[1]} held-out prompts: "
+             f"tokenization equal {result['tokenization_equal']}, top-1 agreement {result['top1_agreement']:.0%}, "
+             f"largest logit difference {result['max_abs_logit_diff']:.4g}, greedy answers equal {result['greedy_equal']}")
+    for line in skipped:
+        _say(f"  {line}")
 
 
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished training run directory.", show_default=False)],
-    to: Annotated[str, typer.Option(help="merged (a plain transformers model) or adapter (a portable PEFT adapter).")] = "merged",
-    quant: Annotated[str, typer.Option(help="GGUF type: f32, f16, bf16, q8_0 or q4_0.")] = "f16",
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished training run directory (for onnx: also a saved model).",
+                                            show_default=False)],
+    to: Annotated[str, typer.Option(help="merged, adapter, gguf, ollama, onnx or hub.")] = "merged",
+    quant: Annotated[Optional[str], typer.Option(help="GGUF type: f32, f16, bf16, q8_0, q4_0, or with llama.cpp installed "
+                                                       "q4_k_m, q5_k_m, q6_k (default: f16 for gguf, q8_0 for ollama).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/export/<to>).")] = None,
+    verify: Annotated[bool, typer.Option(help="Load a GGUF back with transformers (and llama.cpp) and compare answers.")] = True,
+    repo_id: Annotated[Optional[str], typer.Option(help="hub: the repository to upload to, e.g. my-org/my-model.")] = None,
+    private: Annotated[bool, typer.Option(help="hub: create the repository as private.")] = False,
+    upload: Annotated[str, typer.Option(help="hub: upload the merged model or the adapter alone.")] = "merged",
+    dry_run: Annotated[bool, typer.Option(help="hub: list what would be uploaded, and upload nothing.")] = False,
+    hub_url: Annotated[Optional[str], typer.Option(help="hub: another Hub-compatible endpoint (default: $HF_ENDPOINT or the Hub).")] = None,
+    token: Annotated[Optional[str], typer.Option(help="hub: access token (default: $HF_TOKEN or the saved login).")] = None,
 ) -> None:
-    """Export a run: the adapter merged into its base, or the adapter alone, ready to load elsewhere."""
+    """Export a run for use elsewhere. Every export is checked: the chat template and stop tokens must be
+    the ones the model was trained with, or nothing is written.
+
+    \b
+    togi export runs/my-run --to merged          # plain transformers model
+    togi export runs/my-run --to gguf --quant q8_0
+    togi export runs/my-run --to ollama          # GGUF + Modelfile; then: ollama create my-model -f runs/my-run/export/ollama/Modelfile
+    togi export runs/my-run --to onnx
+    togi export runs/my-run --to hub --repo-id my-org/my-model --private --dry-run
+    """
     from transformers.utils import logging as hf_logging
 
-    from togi.export.merge import ExportError, export_adapter, export_gguf, export_merged
+    from togi.export import ExportError
 
     if to not in TARGETS:
-        raise fail(f"unknown --to {to!r}", f"choose one of: {', '.join(TARGETS)} (Ollama, ONNX and hub are not built yet)")
+        raise fail(f"unknown --to {to!r}", f"choose one of: {', '.join(TARGETS)}")
+    if to == "hub" and not repo_id:
+        raise fail("--to hub needs --repo-id", "for example: --repo-id my-org/my-model")
+    if upload not in ("merged", "adapter"):
+        raise fail(f"unknown --upload {upload!r}", "choose merged or adapter")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
+    destination = out or run_dir / "export" / to
     with user_errors():
         try:
-            if to == "gguf":
-                path, agreement = export_gguf(run_dir, out or run_dir / "export" / "gguf", quant)
+            if to in ("gguf", "ollama"):
+                _export_gguf_or_ollama(run_dir, destination, to, quant or ("f16" if to == "gguf" else "q8_0"), verify)
+            elif to == "onnx":
+                _export_onnx(run_dir, destination)
+            elif to == "hub":
+                _export_hub(run_dir, destination, repo_id or "", private, upload, dry_run, hub_url, token)
             else:
-                path = (export_merged if to == "merged" else export_adapter)(run_dir, out or run_dir / "export" / to)
+                from togi.export.merge import export_adapter, export_merged
+
+                path = (export_merged if to == "merged" else export_adapter)(run_dir, destination)
+                loader = "AutoModelForCausalLM" if to == "merged" else "peft.AutoPeftModelForCausalLM"
+                _say(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))")
         except ExportError as error:
             raise fail(str(error), "see `togi export --help`") from None
+
+
+def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str, verify: bool) -> None:
     if to == "gguf":
-        console.print(f"✓ exported GGUF ({quant}) to {path}", soft_wrap=True, highlight=False)
-        console.print(f"  loaded back with transformers on 3 held-out prompts: top-1 agreement {agreement['top1_agreement']:.0%}, "
-                      f"largest logit difference {agreement['max_abs_logit_diff']:.4g}, greedy answers equal {agreement['greedy_equal']}",
-                      soft_wrap=True, highlight=False)
+        from togi.export.gguf import export_gguf
+
+        result = export_gguf(run_dir, destination, quant, verify=verify)
+        _say(f"✓ exported GGUF ({quant}) to {result.path}")
+        _say(f"  template check: the chat template and stop token {result.training.end_of_turn!r} match training")
+        _print_agreement(result.agreement, result.skipped)
         return
-    loader = "AutoModelForCausalLM" if to == "merged" else "peft.AutoPeftModelForCausalLM"
-    console.print(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))", soft_wrap=True, highlight=False)
+    from togi.export.ollama import export_ollama
+
+    exported = export_ollama(run_dir, destination, quant, verify=verify)
+    _say(f"✓ exported GGUF ({quant}) and Modelfile to {destination}")
+    _say(f"  template check: the Ollama TEMPLATE renders the training template's text on the check conversations; "
+         f"stop at {', '.join(repr(stop) for stop in exported.stops)}")
+    _say(f"  SYSTEM: {exported.system!r}" if exported.system else "  SYSTEM: none (the training examples' system prompts differ or are absent)")
+    _print_agreement(exported.gguf.agreement, exported.gguf.skipped)
+    _say(f"  then: ollama create {run_dir.resolve().name} -f {exported.modelfile}")
+
+
+def _export_onnx(source: Path, destination: Path) -> None:
+    from togi.export.onnx_export import export_onnx
+
+    result = export_onnx(source, destination)
+    _say(f"✓ exported ONNX ({result.task}) to {result.directory / 'model.onnx'}")
+    _say(f"  checked in onnxruntime: largest logit difference {result.max_abs_logit_diff:.3g}, top-1 agreement {result.top1_agreement:.0%}")
+
+
+def _export_hub(run_dir: Path, destination: Path, repo_id: str, private: bool, upload: str, dry_run: bool,
+                hub_url: str | None, token: str | None) -> None:
+    from togi.export.hub import plan_upload, upload as upload_folder, write_hub_model_card
+    from togi.export.merge import export_adapter, export_merged
+
+    folder = (export_merged if upload == "merged" else export_adapter)(run_dir, destination)
+    write_hub_model_card(folder, run_dir, repo_id, upload)
+    plan = plan_upload(folder, repo_id, private)
+    verb = "would upload" if dry_run else "uploading"
+    _say(f"{verb} {len(plan.files)} files ({plan.total_bytes / 1e6:.1f} MB) from {folder} to "
+         f"{'a private' if private else 'a public'} repository {repo_id}:")
+    for path, size in plan.files:
+        _say(f"  {path}  {size:,} bytes")
+    if dry_run:
+        _say("dry run: nothing was uploaded")
+        return
+    try:
+        upload_folder(plan, folder, token=token, endpoint=hub_url)
+    except Exception as error:  # the Hub client's errors: network, auth, permissions
+        raise fail(f"upload to {repo_id} failed: {str(error).splitlines()[0]}",
+                   "check --token (or $HF_TOKEN) and that you may write to that repository") from None
+    _say(f"✓ uploaded to {repo_id}: {plan.url}")

@@ -58,7 +58,10 @@ def _vocabulary(tokenizer: Any) -> tuple[list[str], list[int], list[str]]:
     return tokens, [int(t) for t in types], merges
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", name: str = "togi") -> Path:
+def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", name: str = "togi",
+               end_of_turn_id: int | None = None) -> Path:
+    """Write ``model`` as GGUF. ``end_of_turn_id`` is the token that closes an assistant turn in the chat
+    template; when it is not the EOS token it is written as the end-of-turn token, so runtimes stop there."""
     import gguf
 
     config = model.config
@@ -100,6 +103,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
                              (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
         if token_id is not None:
             setter(int(token_id))
+    if end_of_turn_id is not None and end_of_turn_id != tokenizer.eos_token_id:
+        writer.add_eot_token_id(int(end_of_turn_id))
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
@@ -131,16 +136,30 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
     return path
 
 
+def read_gguf_chat(path: Path) -> tuple[str | None, set[str]]:
+    """The chat template a GGUF file carries and the tokens runtimes stop at (its EOS and end-of-turn tokens)."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    stops = {tokens[fields[key].contents()] for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if key in fields}
+    template = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else None
+    return template, stops
+
+
 def verify_gguf(model: Any, tokenizer: Any, path: Path, prompts: list[str], max_new_tokens: int = 16) -> dict[str, Any]:
     """Load the GGUF back with transformers and compare it with ``model`` on ``prompts``: the largest
-    logit difference, the share of positions whose top token agrees, and how many greedy answers match."""
+    logit difference, the share of positions whose top token agrees, and how many greedy answers match.
+    It is checked against the GGUF's own tokenizer, so a wrong vocabulary shows up as a difference."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    largest, agreeing, positions, equal_answers = 0.0, 0, 0, 0
+    loaded_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    largest, agreeing, positions, equal_answers, equal_tokens = 0.0, 0, 0, 0, 0
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        equal_tokens += int(loaded_tokenizer(prompt, add_special_tokens=False)["input_ids"] == ids["input_ids"][0].tolist())
         with torch.no_grad():
             expected, actual = model(**ids).logits, loaded(**ids).logits
             largest = max(largest, float((expected - actual).abs().max()))
@@ -150,4 +169,4 @@ def verify_gguf(model: Any, tokenizer: Any, path: Path, prompts: list[str], max_
                       for m in (model, loaded)]
         equal_answers += int(torch.equal(*greedy))
     return {"max_abs_logit_diff": round(largest, 6), "top1_agreement": round(agreeing / max(positions, 1), 4),
-            "greedy_equal": f"{equal_answers}/{len(prompts)}"}
+            "greedy_equal": f"{equal_answers}/{len(prompts)}", "tokenization_equal": f"{equal_tokens}/{len(prompts)}"}

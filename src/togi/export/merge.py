@@ -18,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from togi.config import ADAPTER_METHODS, TrainConfig, load_config
+from togi.export import ExportError
+from togi.export.consistency import TrainingChat, require_consistent, stop_mismatch, template_mismatch, tokens_of
+from togi.export.hub import base_model_id
 from togi.models.device import plan_device
-from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
-
-# The hub id of the embedded default, so an exported adapter names a base that exists outside this machine.
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-class ExportError(Exception):
-    pass
 
 
 def _run_config(run_dir: Path) -> TrainConfig:
@@ -37,7 +32,7 @@ def _run_config(run_dir: Path) -> TrainConfig:
     return load_config(run_dir / "config.yaml")
 
 
-def _replace_directory(staging: Path, out_dir: Path) -> Path:
+def replace_directory(staging: Path, out_dir: Path) -> Path:
     """Move a finished export into place, so a failed export never leaves half a directory."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -47,37 +42,42 @@ def _replace_directory(staging: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def export_merged(run_dir: Path, out_dir: Path) -> Path:
-    config = _run_config(run_dir)
-    if config.method in ("full", "freeze"):
-        source_dir = run_dir / "model"  # already a plain model: copy it
-        if not source_dir.is_dir():
-            raise ExportError(f"{run_dir} has no model/ yet (did the run finish?)")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-        shutil.copytree(source_dir, staging, dirs_exist_ok=True)
-        return _replace_directory(staging, out_dir)
-    if config.method not in ("lora", "dora", "qlora"):
-        raise ExportError(f"{config.method} adapters cannot be merged into the weights; export them with --to adapter")
-    adapter_dir = run_dir / "adapter"
-    if not adapter_dir.is_dir():
-        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)")
-    from peft import PeftModel
+def _stop_at_end_of_turn(model: Any, tokenizer: Any, training: TrainingChat) -> None:
+    """Make the saved generation config stop where training taught the model to stop: at the EOS token and
+    at the token that ends an assistant turn in the template, when that is a different one."""
+    config = model.generation_config
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    stops = [token_id for token_id in [*stops, tokenizer.eos_token_id, training.end_of_turn_id] if token_id is not None]
+    config.eos_token_id = list(dict.fromkeys(stops)) if len(set(stops)) > 1 else stops[0]
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
 
-    plan = plan_device("fp32" if config.method == "qlora" else "auto")  # QLoRA merges into a full-precision copy of the base
-    model = PeftModel.from_pretrained(load_causal_lm(resolve_model(config.model), plan), adapter_dir).merge_and_unload()
-    tokenizer = load_tokenizer(str(adapter_dir))
+
+def check_saved_model(directory: Path, training: TrainingChat, where: str) -> None:
+    """Reload what was saved and refuse it unless its template and stop tokens match training."""
+    from transformers import GenerationConfig
+
+    tokenizer = load_tokenizer(str(directory))
+    stops = tokens_of(tokenizer, GenerationConfig.from_pretrained(directory).eos_token_id)
+    require_consistent([template_mismatch(where, tokenizer.chat_template, training), stop_mismatch(where, stops, training)])
+
+
+def export_merged(run_dir: Path, out_dir: Path) -> Path:
+    model, tokenizer = tuned_model(run_dir)
+    training = TrainingChat.of_run(run_dir, tokenizer)
+    require_consistent([template_mismatch(f"the tokenizer saved in {run_dir}", tokenizer.chat_template, training)])
+    _stop_at_end_of_turn(model, tokenizer, training)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        check_saved_model(staging, training, "the merged model")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _replace_directory(staging, out_dir)
+    return replace_directory(staging, out_dir)
 
 
 def tuned_model(run_dir: Path) -> tuple[Any, Any]:
@@ -97,23 +97,6 @@ def tuned_model(run_dir: Path) -> tuple[Any, Any]:
     return model, load_tokenizer(str(adapter_dir))
 
 
-def export_gguf(run_dir: Path, out_dir: Path, gguf_type: str = "f16") -> tuple[Path, dict[str, Any]]:
-    """The run as a GGUF file, verified by loading it back with transformers on held-out prompts."""
-    from togi.data.formats import load_dataset
-    from togi.data.template import render_chat
-    from togi.export.gguf_writer import GGUFExportError, verify_gguf, write_gguf
-
-    model, tokenizer = tuned_model(run_dir)
-    try:
-        path = write_gguf(model, tokenizer, out_dir / f"model-{gguf_type}.gguf", gguf_type, name=run_dir.name)
-    except GGUFExportError as error:
-        raise ExportError(str(error)) from None
-    held_out = run_dir / "data" / ("val.jsonl" if (run_dir / "data" / "val.jsonl").is_file() else "train.jsonl")
-    examples = load_dataset(held_out).examples[:3]
-    prompts = [render_chat(tokenizer, example.prompt_messages, add_generation_prompt=True) for example in examples]
-    return path, verify_gguf(model, tokenizer, path, prompts)
-
-
 def export_adapter(run_dir: Path, out_dir: Path) -> Path:
     config = _run_config(run_dir)
     if config.method not in ADAPTER_METHODS:
@@ -127,6 +110,6 @@ def export_adapter(run_dir: Path, out_dir: Path) -> Path:
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle of trainer settings: not part of an adapter
     settings_path = staging / "adapter_config.json"
     settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    settings["base_model_name_or_path"] = EMBEDDED_HUB_ID if config.model == EMBEDDED_MODEL_NAME else config.model
+    settings["base_model_name_or_path"] = base_model_id(config.model)
     settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    return _replace_directory(staging, out_dir)
+    return replace_directory(staging, out_dir)

@@ -115,7 +115,8 @@ def train(
     run.config_path.write_text(config.to_yaml(), encoding="utf-8")
     run.write_info(
         status="running", method=config.method, model=config.model, device=plan.description, parameters=str(parameters),
-        chat_template=template_note, versions=library_versions(), started_at=int(time.time()),
+        chat_template=template_note, chat_template_text=chat_template_of(tokenizer)[0], eos_token=tokenizer.eos_token,
+        versions=library_versions(), started_at=int(time.time()),
         data={**fingerprints, "train_examples": len(data.train), "val_examples": len(data.val)},
     )
     if resume_dir:
