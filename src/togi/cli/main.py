@@ -8,6 +8,7 @@ import typer
 
 from togi import __version__
 from togi.cli import data
+from togi.cli.chat import chat_command
 from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
 from togi.cli.train import train_command
@@ -22,6 +23,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("export")(export_command)
+app.command("chat")(chat_command)
 
 
 def _print_version(value: bool) -> None:

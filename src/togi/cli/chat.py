@@ -1,0 +1,90 @@
+"""``togi chat``: talk to a run, a model or a GGUF file in the terminal, answers streamed as they are generated."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from togi.cli.data import fail, user_errors
+
+console = Console(highlight=False)
+HELP_LINE = "/reset starts over, /system TEXT sets the system prompt, /exit (or Ctrl-D) quits"
+
+
+def chat_command(
+    model: Annotated[str, typer.Argument(metavar="RUN_DIR|MODEL|GGUF", help="A run directory, a model directory or name, or a .gguf file.",
+                                         show_default=False)],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this one message and exit (no interactive session).")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt (default for a run: the one all its training examples shared; "
+                                                       "for a GGUF file: the SYSTEM of the Modelfile beside it).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 answers greedily; higher samples more freely.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling cut-off when temperature > 0.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    transformers_only: Annotated[bool, typer.Option("--transformers", help="Run a GGUF file with transformers even when llama.cpp is installed.")] = False,
+) -> None:
+    """Chat with a model, prompted with the chat template it was trained with.
+
+    \b
+    togi chat runs/my-run
+    togi chat runs/my-run/export/gguf/model-q8_0.gguf -p "返品はできますか？"
+    """
+    from transformers.utils import logging as hf_logging
+
+    from togi.export import ExportError
+    from togi.serve.chat_model import ChatSettings, load_chat_model
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    with user_errors():
+        try:
+            chat_model = load_chat_model(model, prefer_llama_cpp=not transformers_only)
+        except ExportError as error:
+            raise fail(str(error), "pass a finished run directory, a model directory or a .gguf file") from None
+    system_prompt = system if system is not None else chat_model.system
+    history: list[dict[str, str]] = []
+
+    def answer(text: str) -> None:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + history + [{"role": "user", "content": text}]
+        pieces = []
+        for piece in chat_model.stream(messages, settings):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.extend([{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces).strip()}])
+
+    try:
+        if prompt is not None:
+            answer(prompt)
+            return
+        console.print(f"[bold]{chat_model.name}[/] ({chat_model.backend}). {HELP_LINE}.", soft_wrap=True)
+        if system_prompt:
+            console.print(f"[dim]system: {system_prompt}[/]", soft_wrap=True)
+        while True:
+            try:
+                text = console.input("[bold cyan]you>[/] ").strip()
+            except EOFError:
+                break
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/reset":
+                history.clear()
+                console.print("[dim](conversation cleared)[/]")
+            elif text.startswith("/system"):
+                system_prompt = text[len("/system"):].strip() or None
+                history.clear()
+                console.print(f"[dim](system prompt {'set' if system_prompt else 'removed'}; conversation cleared)[/]")
+            elif text:
+                console.print("[bold green]model>[/] ", end="")
+                answer(text)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+    finally:
+        chat_model.close()

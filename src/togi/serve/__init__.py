@@ -1,0 +1,1 @@
+"""Using a model: interactive chat now, the OpenAI-compatible server next."""
