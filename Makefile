@@ -10,8 +10,10 @@ TORCH_VERSION := 2.13.0
 DEMO_DATA := examples/reviews/reviews.jsonl
 DEMO_OUT := runs/demo-data
 DEMO_LABELS := ラベル: (\S+)
+# Go's text/template engine compiled to WebAssembly: the tests render Ollama TEMPLATEs with it.
+GO_TEMPLATE := @evertdespiegeleer/go-template@1.0.2
 
-.PHONY: demo test setup setup-dev clean
+.PHONY: demo test setup setup-dev setup-llama clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +29,21 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e ".[dev]"
+	if command -v npm >/dev/null; then npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error $(GO_TEMPLATE) \
+		|| echo "warning: the Ollama TEMPLATE tests will be skipped ($(GO_TEMPLATE) did not install)"; fi
+	touch $@
+
+# Optional: llama.cpp's Python bindings, for K-quant GGUF exports and checking GGUF files in llama.cpp.
+# pip compiles llama.cpp (about 8 minutes on 2 cores, once: pip caches the wheel). Without it those tests skip.
+$(VENV)/.llama-installed: $(VENV)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -e ".[llama]"
 	touch $@
 
 setup: $(VENV)/.installed
 
 setup-dev: $(VENV)/.dev-installed
+
+setup-llama: $(VENV)/.llama-installed
 
 demo: setup
 	$(BIN)/togi data check $(DEMO_DATA) --label-pattern '$(DEMO_LABELS)'
@@ -42,6 +54,9 @@ demo: setup
 	$(BIN)/togi train examples/recipes/reviews-lora.yaml
 	$(BIN)/togi eval runs/demo-lora --data $(DEMO_OUT)/reviews.test.jsonl --label-pattern '$(DEMO_LABELS)' \
 		-n 12 --batch-size 12
+	$(BIN)/togi export runs/demo-lora --to ollama --quant q8_0
+	$(BIN)/togi chat runs/demo-lora/export/ollama/model-q8_0.gguf --max-new-tokens 40 \
+		-p "音はとても良いのですが、二日でバッテリーが切れました。"
 
 test: setup-dev
 	$(BIN)/python -m pytest

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from togi.cli.data import fail, user_errors
+from togi.cli.data import fail, quiet_libraries, user_errors
 
 console = Console(highlight=False)
 HELP_LINE = "/reset starts over, /system TEXT sets the system prompt, /exit (or Ctrl-D) quits"
@@ -33,14 +33,11 @@ def chat_command(
     togi chat runs/my-run
     togi chat runs/my-run/export/gguf/model-q8_0.gguf -p "返品はできますか？"
     """
-    from transformers.utils import logging as hf_logging
-
     from togi.export import ExportError
     from togi.serve.chat_model import ChatSettings, load_chat_model
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
+    quiet_libraries()
+    warnings.filterwarnings("ignore")  # a conversation on screen: no library warnings between the answers
     settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     with user_errors():
         try:

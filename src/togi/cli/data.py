@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import json
 import sys
 from contextlib import contextmanager
@@ -317,3 +318,15 @@ def _stratify_labels(dataset: Dataset, key: str, pattern) -> list[str]:
             raise fail(f"line {example.source.line}: no {key!r} to stratify by", hint)
         labels.append(label)
     return labels
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, deprecation warnings) out of togi's own output."""
+    import os
+
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm bars that transformers does not route through its own switch
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from togi.cli.data import fail, user_errors
+from togi.cli.data import fail, quiet_libraries, user_errors
 
 console = Console()
 
@@ -64,15 +63,11 @@ def eval_command(
     out: Annotated[Optional[Path], typer.Option(help="Directory for report.json and records.jsonl (default: RUN_DIR/eval).")] = None,
 ) -> None:
     """Evaluate a tuned model against its base (or another run) with the same greedy decoding."""
-    from transformers.utils import logging as hf_logging
-
     from togi.evaluate.judge import JudgeError
     from togi.evaluate.metrics import HIGHER_IS_BETTER
     from togi.evaluate.runner import EvalOptions, EvaluationError, evaluate_run, gate_failures, write_report
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     floors = _parse_floors(fail_below or [])
     with user_errors():
         judge, judge_name = _judge(judge_url, judge_model)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
-from togi.cli.data import fail, user_errors
+from togi.cli.data import fail, quiet_libraries, user_errors
 
 console = Console()
 TARGETS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")
@@ -19,12 +18,12 @@ def _say(text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def _print_agreement(agreement: dict[str, dict[str, Any]], skipped: list[str]) -> None:
+def _print_agreement(agreement: dict[str, dict[str, Any]], notes: list[str]) -> None:
     for loader, result in agreement.items():
         _say(f"  loaded back with {loader} on {result['greedy_equal'].split('/')[1]} held-out prompts: "
              f"tokenization equal {result['tokenization_equal']}, top-1 agreement {result['top1_agreement']:.0%}, "
              f"largest logit difference {result['max_abs_logit_diff']:.4g}, greedy answers equal {result['greedy_equal']}")
-    for line in skipped:
+    for line in notes:
         _say(f"  {line}")
 
 
@@ -53,8 +52,6 @@ def export_command(
     togi export runs/my-run --to onnx
     togi export runs/my-run --to hub --repo-id my-org/my-model --private --dry-run
     """
-    from transformers.utils import logging as hf_logging
-
     from togi.export import ExportError
 
     if to not in TARGETS:
@@ -63,9 +60,7 @@ def export_command(
         raise fail("--to hub needs --repo-id", "for example: --repo-id my-org/my-model")
     if upload not in ("merged", "adapter"):
         raise fail(f"unknown --upload {upload!r}", "choose merged or adapter")
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     destination = out or run_dir / "export" / to
     with user_errors():
         try:
@@ -92,7 +87,7 @@ def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str
         result = export_gguf(run_dir, destination, quant, verify=verify)
         _say(f"✓ exported GGUF ({quant}) to {result.path}")
         _say(f"  template check: the chat template and stop token {result.training.end_of_turn!r} match training")
-        _print_agreement(result.agreement, result.skipped)
+        _print_agreement(result.agreement, result.notes)
         return
     from togi.export.ollama import export_ollama
 
@@ -101,7 +96,7 @@ def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str
     _say(f"  template check: the Ollama TEMPLATE renders the training template's text on the check conversations; "
          f"stop at {', '.join(repr(stop) for stop in exported.stops)}")
     _say(f"  SYSTEM: {exported.system!r}" if exported.system else "  SYSTEM: none (the training examples' system prompts differ or are absent)")
-    _print_agreement(exported.gguf.agreement, exported.gguf.skipped)
+    _print_agreement(exported.gguf.agreement, exported.gguf.notes)
     _say(f"  then: ollama create {run_dir.resolve().name} -f {exported.modelfile}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from togi.cli import render
-from togi.cli.data import errors, fail, user_errors
+from togi.cli.data import errors, fail, quiet_libraries, user_errors
 from togi.config import ConfigError, TrainConfig, load_config
 
 console = Console()
@@ -70,15 +69,11 @@ def train_command(
 
 
 def _run(config: TrainConfig, resume: Path | None) -> None:
-    from transformers.utils import logging as hf_logging
-
     from togi.train import TrainingFailed, train
     from togi.train.data import TrainingDataError
     from togi.train.samples import render_samples
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     with user_errors():
         try:
             result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))

@@ -30,7 +30,7 @@ class GGUFExport:
     context_length: int | None = None
     eos_token: str | None = None
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # loader -> comparison with the merged model
-    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the user should know: checks skipped, quantisation fallbacks
 
 
 def held_out_prompts(run_dir: Path, tokenizer: Any, count: int = 3) -> list[str]:
@@ -59,10 +59,11 @@ def export_gguf(run_dir: Path, out_dir: Path, quant: str = "f16", verify: bool =
             unquantized = write_gguf(model, tokenizer, out_dir / ".model-f32.gguf", "f32", name=run_dir.name,
                                      end_of_turn_id=training.end_of_turn_id)
             try:
-                llama_cpp.quantize(unquantized, path, quant)
+                quantize_note = llama_cpp.quantize(unquantized, path, quant)
             finally:
                 unquantized.unlink(missing_ok=True)
         else:
+            quantize_note = None
             write_gguf(model, tokenizer, path, quant, name=run_dir.name, end_of_turn_id=training.end_of_turn_id)
     except GGUFExportError as error:
         raise ExportError(str(error)) from None
@@ -73,11 +74,13 @@ def export_gguf(run_dir: Path, out_dir: Path, quant: str = "f16", verify: bool =
         path.unlink(missing_ok=True)
         raise
     result = GGUFExport(path, training, getattr(model.config, "max_position_embeddings", None), tokenizer.eos_token)
+    if quantize_note:
+        result.notes.append(quantize_note)
     if verify:
         prompts = held_out_prompts(run_dir, tokenizer)
         result.agreement["transformers"] = verify_gguf(model, tokenizer, path, prompts)
         if llama_cpp.available():
             result.agreement["llama.cpp"] = llama_cpp.verify(model, tokenizer, path, prompts)
         else:
-            result.skipped.append(f"llama.cpp check skipped: {llama_cpp.INSTALL_HINT}")
+            result.notes.append(f"llama.cpp check skipped: {llama_cpp.INSTALL_HINT}")
     return result

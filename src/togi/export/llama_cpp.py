@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-from contextlib import closing
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,23 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> Path:
-    """Quantise an F32/F16 GGUF to a K-quant type with llama.cpp's quantiser."""
+@contextmanager
+def native_stderr_to(log: Path) -> Iterator[None]:
+    """Send what C code writes to stderr (llama.cpp's per-tensor log) to ``log`` instead of the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> str | None:
+    """Quantise an F32/F16 GGUF to a K-quant type with llama.cpp's quantiser. Returns llama.cpp's note on
+    tensors it had to quantise another way (rows not a multiple of 256), if any."""
     if not available():
         raise ExportError(f"--quant {quant} needs llama.cpp; {INSTALL_HINT}")
     import llama_cpp
@@ -35,13 +54,23 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_types[quant]
     params.nthread = threads
-    temporary = target.with_name(f".{target.name}.tmp")
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(temporary).encode(), ctypes.byref(params))
+    temporary, log = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.log")
+    try:
+        with native_stderr_to(log):
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(temporary).encode(), ctypes.byref(params))
+        messages = log.read_text(encoding="utf-8", errors="replace")
+    finally:
+        log.unlink(missing_ok=True)
     if status != 0 or not temporary.is_file():
         temporary.unlink(missing_ok=True)
-        raise ExportError(f"llama.cpp could not quantise {source.name} to {quant} (status {status})")
+        last = [line for line in messages.splitlines() if line.strip()][-1:] or ["no message"]
+        raise ExportError(f"llama.cpp could not quantise {source.name} to {quant} (status {status}): {last[0]}")
     temporary.replace(target)
-    return target
+    fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", messages)
+    if fallback:
+        return (f"llama.cpp quantised {fallback.group(1)} of {fallback.group(2)} tensors with a non-K type "
+                "(their rows are not a multiple of 256)")
+    return None
 
 
 def verify(model: Any, tokenizer: Any, path: Path, prompts: list[str], max_new_tokens: int = 16) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -110,6 +111,7 @@ def export_onnx(source: Path, out_dir: Path) -> ONNXExport:
         batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes are not the user's concern
             torch.onnx.export(logits_only(model), (example["input_ids"], example["attention_mask"]), str(staging / "model.onnx"),
                               input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamo=True,
                               dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
