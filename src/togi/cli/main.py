@@ -11,6 +11,7 @@ from togi.cli import data
 from togi.cli.chat import chat_command
 from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
+from togi.cli.serve import jobs_app, serve_app
 from togi.cli.train import train_command
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("export")(export_command)
 app.command("chat")(chat_command)
+app.add_typer(serve_app, name="serve")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _print_version(value: bool) -> None:

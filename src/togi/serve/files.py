@@ -1,0 +1,72 @@
+"""Files on disk: stored under their id, never under a name the client chose, and written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from togi.serve.store import Store, new_id
+
+CHUNK = 1 << 20
+
+
+class FileTooLarge(Exception):
+    pass
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name that is safe to show and to echo back: no directories, no control characters, at most 255 characters."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
+    return base[:255] or "upload"
+
+
+def file_record(file_id: str, filename: str, purpose: str, size: int, stored_as: str) -> dict[str, Any]:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": filename,
+            "purpose": purpose, "status": "processed", "status_details": None, "expires_at": None, "internal": {"stored_as": stored_as}}
+
+
+def file_path(data_dir: Path, record: dict[str, Any]) -> Path:
+    return data_dir / "files" / record["internal"]["stored_as"]
+
+
+def _stored_name(file_id: str, filename: str) -> str:
+    """``<id>.<extension>``: the id keeps it inside files/, the extension tells the data reader the format."""
+    extension = Path(filename).suffix.lower()
+    return file_id + (extension if re.fullmatch(r"\.[a-z0-9]{1,8}", extension) else "")
+
+
+def store_stream(store: Store, data_dir: Path, organization: str, filename: str | None, purpose: str, stream: BinaryIO,
+                 max_bytes: int) -> dict[str, Any]:
+    """Copy an upload to ``files/<id>`` through a temporary file; nothing is kept if it is over ``max_bytes``."""
+    directory = data_dir / "files"
+    directory.mkdir(parents=True, exist_ok=True)
+    file_id, filename = new_id("file"), clean_filename(filename)
+    stored_as = _stored_name(file_id, filename)
+    descriptor, temporary = tempfile.mkstemp(prefix=".upload-", dir=directory)
+    size = 0
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FileTooLarge(f"the file is larger than the server's limit of {max_bytes:,} bytes")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, directory / stored_as)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return store.put("file", file_record(file_id, filename, purpose, size, stored_as), organization)
+
+
+def store_bytes(store: Store, data_dir: Path, organization: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+    import io
+
+    return store_stream(store, data_dir, organization, filename, purpose, io.BytesIO(content), max_bytes=len(content) + 1)

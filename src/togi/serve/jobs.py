@@ -1,0 +1,240 @@
+"""Fine-tuning jobs: the rules for hyper-parameters and names, file validation, and the job process.
+
+Each job trains in its own process (``python -m togi.serve.jobs DATA_DIR JOB_ID``) so that cancelling
+kills it cleanly and a crash cannot take the server down. The process trains a LoRA adapter with
+togi's training engine into ``DATA_DIR/jobs/<job>/run`` and reports through the store: step metrics
+and checkpoints become events and checkpoint records as they appear in the run directory. A job that
+starts again (after a pause, or after the server was killed) resumes from its last checkpoint.
+
+"auto" hyper-parameters, from the number of training examples N:
+- ``n_epochs``: 3, raised so the job makes at least 100 example passes (ceil(100 / N), at most 10),
+  and 1 for N above 25,000 (OpenAI's rule has the same shape);
+- ``batch_size``: N // 50, between 1 and 8;
+- ``learning_rate_multiplier``: 1.0, times togi's LoRA learning rate 2e-4.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import sys
+import threading
+import time
+import json
+from pathlib import Path
+from typing import Any
+
+from togi.serve.store import SQLiteStore, Store, new_id
+
+BASE_LEARNING_RATE = 2e-4
+MIN_EXAMPLES = 10
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def resolve_hyperparameters(requested: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    def given(name: str) -> Any:
+        value = requested.get(name, "auto")
+        return None if value in (None, "auto") else value
+
+    epochs = given("n_epochs") or (1 if n_examples > 25_000 else min(10, max(3, math.ceil(100 / max(n_examples, 1)))))
+    batch_size = given("batch_size") or min(8, max(1, n_examples // 50))
+    multiplier = given("learning_rate_multiplier") or 1.0
+    return {"n_epochs": int(epochs), "batch_size": int(batch_size), "learning_rate_multiplier": float(multiplier)}
+
+
+def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base}:{organization}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def job_directory(data_dir: Path, job_id: str) -> Path:
+    return data_dir / "jobs" / job_id
+
+
+def add_event(store: Store, job: dict[str, Any], message: str, level: str = "info", kind: str = "message",
+              data: dict[str, Any] | None = None) -> None:
+    event = {"object": "fine_tuning.job.event", "id": new_id("ftevent"), "created_at": int(time.time()), "level": level,
+             "message": message, "type": kind, "data": data or {}}
+    store.put("event", event, job["organization_id"], parent=job["id"])
+
+
+def validate_training_file(path: Path, model_reference: str) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Check a training file with the data toolkit. Returns the job error (or None) and its size."""
+    from togi.data.findings import Severity, sort_findings
+    from togi.data.formats import load_dataset
+    from togi.data.reader import DataFileError
+    from togi.data.validate import CheckOptions, check_dataset
+    from togi.models.resolve import load_tokenizer
+
+    try:
+        dataset = load_dataset(path)
+    except DataFileError as error:
+        return {"code": "invalid_training_file", "message": f"the training file cannot be read: {error}", "param": "training_file"}, {}
+    report = check_dataset(dataset, load_tokenizer(model_reference), CheckOptions(min_examples=MIN_EXAMPLES))
+    errors = [finding for finding in sort_findings(report.findings) if finding.severity is Severity.ERROR]
+    size = {"n_examples": len(dataset.examples), "tokens_per_epoch": report.stats.tokens_per_epoch}
+    if not errors:
+        return None, size
+    first = errors[0]
+    code = "invalid_n_examples" if first.code == "too_few_examples" else "invalid_training_file"
+    where = f"line {first.line}" if first.line else "the file"
+    if first.example is not None:
+        where += f", example {first.example}"
+    if first.message_index is not None:
+        where += f", message {first.message_index}"
+    more = f" ({len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    message = f"Training file {where}: {first.message}{' in ' + first.field if first.field else ''} [{first.code}]{more}. {first.hint}"
+    return {"code": code, "message": message, "param": "training_file"}, size
+
+
+def train_config(job: dict[str, Any], data_dir: Path) -> Any:
+    from togi.config import load_config
+
+    internal, hyper = job["internal"], job["hyperparameters"]
+    steps_per_epoch = math.ceil(internal["n_examples"] / hyper["batch_size"])
+    overrides = [
+        f"model={internal['model_reference']}", "method=lora",
+        f"data.train_file={internal['paths']['training_file']}",
+        f"output_dir={job_directory(data_dir, job['id']) / 'run'}",
+        f"training.epochs={hyper['n_epochs']}", f"training.batch_size={hyper['batch_size']}", "training.gradient_accumulation=1",
+        f"training.learning_rate={BASE_LEARNING_RATE * hyper['learning_rate_multiplier']:g}",
+        f"monitoring.save_every={steps_per_epoch}", "monitoring.keep_checkpoints=3", "monitoring.log_every=1",
+        f"monitoring.eval_every={steps_per_epoch}", "monitoring.samples=0",
+    ]
+    if job.get("seed") is not None:
+        overrides.append(f"training.seed={job['seed']}")
+    validation = internal["paths"].get("validation_file")
+    overrides.append(f"data.val_file={validation}" if validation else "data.val_ratio=0")
+    return load_config(None, overrides)
+
+
+class RunWatcher:
+    """Turns what the trainer writes into the run directory into events and checkpoint records."""
+
+    def __init__(self, store: Store, job: dict[str, Any], data_dir: Path, total_steps: int) -> None:
+        self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
+        self.run_dir = job_directory(data_dir, job["id"]) / "run"
+        self.reported_step = job["internal"].get("reported_step", 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RunWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.poll()
+
+    def poll(self) -> None:
+        metrics = self.run_dir / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()] if metrics.is_file() else []
+        for record in records:
+            if "train_loss" in record and record["step"] > self.reported_step:
+                self.reported_step = record["step"]
+                data = {"step": record["step"], "total_steps": self.total_steps, "train_loss": record["train_loss"],
+                        "train_mean_token_accuracy": record.get("train_token_accuracy"),
+                        "valid_loss": None, "valid_mean_token_accuracy": None}
+                add_event(self.store, self.job, f"Step {record['step']}/{self.total_steps}: training loss={record['train_loss']:.4f}",
+                          kind="metrics", data=data)
+                self.store.update("job", self.job["id"], internal={**self.job["internal"], "reported_step": self.reported_step})
+        for checkpoint in sorted((self.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+            self._record_checkpoint(checkpoint, records)
+
+    def _record_checkpoint(self, checkpoint: Path, records: list[dict[str, Any]]) -> None:
+        step = int(checkpoint.name.split("-")[-1])
+        checkpoint_id = f"ftckpt-{self.job['id'].removeprefix('ftjob-')}-{step}"
+        adapter = checkpoint / "adapter_model.safetensors"
+        if self.store.get("checkpoint", checkpoint_id) or not adapter.is_file() or not (checkpoint / "trainer_state.json").is_file():
+            return
+        kept = job_directory(self.data_dir, self.job["id"]) / "checkpoints" / f"step-{step}"
+        staging = kept.with_name(f".{kept.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy2(checkpoint / name, staging / name)
+        shutil.rmtree(kept, ignore_errors=True)
+        staging.rename(kept)
+        last = next((r for r in reversed(records) if r["step"] <= step and "train_loss" in r), {})
+        model_id = f"{self.job['internal']['fine_tuned_model']}:ckpt-step-{step}"
+        record = {"object": "fine_tuning.job.checkpoint", "id": checkpoint_id, "created_at": int(time.time()),
+                  "fine_tuned_model_checkpoint": model_id, "fine_tuning_job_id": self.job["id"], "step_number": step,
+                  "metrics": {"step": step, "train_loss": last.get("train_loss"), "train_mean_token_accuracy": last.get("train_token_accuracy")}}
+        self.store.put("checkpoint", record, self.job["organization_id"], parent=self.job["id"])
+        add_model(self.store, model_id, self.job, kept, checkpoint_of=self.job["internal"]["fine_tuned_model"])
+        add_event(self.store, self.job, f"Checkpoint created at step {step}: {model_id}")
+
+
+def add_model(store: Store, model_id: str, job: dict[str, Any], adapter_dir: Path, checkpoint_of: str | None = None) -> None:
+    model = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": job["organization_id"],
+             "internal": {"base": job["model"], "adapter": str(adapter_dir), "job": job["id"], "checkpoint_of": checkpoint_of}}
+    if store.get("model", model_id) is None:
+        store.put("model", model, job["organization_id"], parent=job["id"])
+
+
+def results_csv(run_dir: Path) -> str:
+    """The results file: one row per logged step, in OpenAI's columns."""
+    rows: dict[int, dict[str, Any]] = {}
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []:
+        record = json.loads(line)
+        row = rows.setdefault(record["step"], {"step": record["step"]})
+        if "train_loss" in record:
+            row.update(train_loss=record["train_loss"], train_accuracy=record.get("train_token_accuracy"))
+        if "eval_loss" in record:
+            row.update(valid_loss=record["eval_loss"], valid_mean_token_accuracy=record.get("eval_token_accuracy"))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"], lineterminator="\n")
+    writer.writeheader()
+    for step in sorted(rows):
+        writer.writerow(rows[step])
+    return out.getvalue()
+
+
+def run_job(data_dir: Path, job_id: str) -> int:
+    """The job process: train, report, and leave the job in a terminal state (unless it was cancelled or paused)."""
+    from togi.train import train
+    from togi.serve.files import store_bytes
+
+    store = SQLiteStore(data_dir / "togi.db")
+    job = store.get("job", job_id)
+    if job is None or job["status"] != "running":
+        return 0
+    run_dir = job_directory(data_dir, job_id) / "run"
+    resuming = (run_dir / "config.yaml").is_file()
+    config = train_config(job, data_dir)
+    total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
+    checkpoints = sorted(int(p.name.split("-")[-1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")) if resuming else []
+    add_event(store, job, f"Fine-tuning job resumed from the checkpoint at step {checkpoints[-1]}" if checkpoints
+              else "Fine-tuning job started")
+    try:
+        with RunWatcher(store, job, data_dir, total_steps):
+            result = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None)
+    except Exception as error:  # the job fails; the server goes on
+        if store.get("job", job_id)["status"] == "running":
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            store.update("job", job_id, status="failed", finished_at=int(time.time()),
+                         error={"code": "training_failed", "message": message, "param": None})
+            add_event(store, job, f"The job failed: {message}", level="error")
+        return 1
+    results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
+                          results_csv(run_dir).encode("utf-8"))
+    model_name = job["internal"]["fine_tuned_model"]
+    add_model(store, model_name, job, result.output_dir)
+    add_event(store, job, f"New fine-tuned model created: {model_name}")
+    if store.get("job", job_id)["status"] == "running":
+        store.update("job", job_id, status="succeeded", finished_at=int(time.time()), result_files=[results["id"]],
+                     fine_tuned_model=model_name,
+                     trained_tokens=job["internal"]["tokens_per_epoch"] * job["hyperparameters"]["n_epochs"])
+        add_event(store, job, "The job has successfully completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(Path(sys.argv[1]), sys.argv[2]))

@@ -1,0 +1,169 @@
+"""The job queue: validates new jobs, runs queued ones in child processes (N at a time), and watches them.
+
+Job states: validating_files -> queued -> running -> succeeded | failed | cancelled, and running <->
+paused. Cancel and pause kill the job's process group (SIGTERM, then SIGKILL). A process that dies
+without finishing its job fails the job. When the server starts, jobs left running by a server that
+died are put back in the queue, and their job processes (if still alive) are stopped first: the job
+resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from togi.serve.jobs import add_event, job_directory, resolve_hyperparameters, validate_training_file
+from togi.serve.store import Store
+
+
+def _stop_process_group(pid: int, grace: float = 5.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _is_job_process(pid: int | None, job_id: str) -> bool:
+    try:
+        return pid is not None and job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+class Scheduler:
+    def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5) -> None:
+        self.store, self.data_dir, self.slots, self.poll_seconds = store, data_dir, slots, poll_seconds
+        self.children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="togi-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and the job processes; their jobs go back to the queue for the next start."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for job_id, child in list(self.children.items()):
+                _stop_process_group(child.pid)
+                self._requeue(job_id, "The server stopped; the job is queued again and will resume from its last checkpoint")
+            self.children.clear()
+
+    def _recover(self) -> None:
+        for job in self.store.list("job", where={"status": "running"}):
+            pid = job["internal"].get("pid")
+            if _is_job_process(pid, job["id"]):
+                _stop_process_group(pid)
+            self._requeue(job["id"], "The server restarted; the job is queued again and will resume from its last checkpoint")
+
+    def _requeue(self, job_id: str, message: str) -> None:
+        job = self.store.get("job", job_id)
+        if job and job["status"] == "running":
+            self.store.update("job", job_id, status="queued", internal={**job["internal"], "pid": None})
+            add_event(self.store, job, message, level="warn")
+
+    # requests from the API
+    def cancel(self, job: dict[str, Any]) -> dict[str, Any]:
+        return self._halt(job, "cancelled", "The job was cancelled")
+
+    def pause(self, job: dict[str, Any]) -> dict[str, Any]:
+        return self._halt(job, "paused", "The job was paused; resume it to continue from its last checkpoint")
+
+    def resume(self, job: dict[str, Any]) -> dict[str, Any]:
+        job = self.store.update("job", job["id"], status="queued")
+        add_event(self.store, job, "The job was resumed and is queued")
+        return job
+
+    def _halt(self, job: dict[str, Any], status: str, message: str) -> dict[str, Any]:
+        with self._lock:
+            job = self.store.update("job", job["id"], status=status, **({"finished_at": int(time.time())} if status == "cancelled" else {}))
+            child = self.children.pop(job["id"], None)
+        if child is not None:
+            _stop_process_group(child.pid)
+            child.wait()
+        add_event(self.store, job, message)
+        return job
+
+    # the loop
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.tick()
+            except Exception as error:  # keep scheduling whatever one job did
+                print(f"togi serve: scheduler error: {error!r}", file=sys.stderr)
+
+    def tick(self) -> None:
+        for job in reversed(self.store.list("job", where={"status": "validating_files"})):
+            self._validate(job)
+        self._reap()
+        queued = list(reversed(self.store.list("job", where={"status": "queued"})))
+        with self._lock:
+            for job in queued[: max(0, self.slots - len(self.children))]:
+                self._launch(job)
+
+    def _validate(self, job: dict[str, Any]) -> None:
+        paths, model = job["internal"]["paths"], job["internal"]["model_reference"]
+        add_event(self.store, job, f"Validating training file: {job['training_file']}")
+        error, size = validate_training_file(Path(paths["training_file"]), model)
+        if error is None and paths.get("validation_file"):
+            error, _ = validate_training_file(Path(paths["validation_file"]), model)
+            if error:
+                error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
+        if error:
+            self.store.update("job", job["id"], status="failed", error=error, finished_at=int(time.time()))
+            add_event(self.store, job, error["message"], level="error")
+            return
+        hyperparameters = resolve_hyperparameters(job["hyperparameters"], size["n_examples"])
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+        job = self.store.update("job", job["id"], status="queued", hyperparameters=hyperparameters, method=method,
+                                internal={**job["internal"], **size})
+        add_event(self.store, job, "Files validated, moving job to queued state")
+
+    def _launch(self, job: dict[str, Any]) -> None:
+        log_path = job_directory(self.data_dir, job["id"]) / "process.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        job = self.store.update("job", job["id"], status="running")
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen([sys.executable, "-m", "togi.serve.jobs", str(self.data_dir), job["id"]], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children[job["id"]] = child
+        self.store.update("job", job["id"], internal={**job["internal"], "pid": child.pid})
+
+    def _reap(self) -> None:
+        with self._lock:
+            for job_id, child in list(self.children.items()):
+                if child.poll() is None:
+                    continue
+                del self.children[job_id]
+                job = self.store.get("job", job_id)
+                if job and job["status"] == "running":  # the process died without finishing its job
+                    self.store.update("job", job_id, status="failed", finished_at=int(time.time()),
+                                      error={"code": "training_failed", "param": None,
+                                             "message": f"the training process exited with code {child.returncode}; "
+                                                        f"see {job_directory(self.data_dir, job_id) / 'process.log'}"})
+                    add_event(self.store, job, f"The training process exited with code {child.returncode}", level="error")
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self.children)
+
