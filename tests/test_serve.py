@@ -302,3 +302,49 @@ def test_kill_9_and_restart_resumes_the_job_from_its_checkpoint(tmp_path, tiny_m
         assert steps == sorted(set(steps)) and steps[-1] == 90  # every step reported once, through to the end
     finally:
         second.stop()
+
+
+def test_togi_jobs_drives_the_api_from_the_command_line(server, key, client, tmp_path):
+    endpoint = ["--base-url", server.url, "--api-key", key]
+    data = write_jsonl(tmp_path / "cli.jsonl", distinct_chats(12))
+    created = json.loads(togi("jobs", "create", "--training-file", data, "--model", "tiny", "--n-epochs", "1", "--batch-size", "4",
+                              "--suffix", "cli", *endpoint).stdout)
+    assert created["status"] == "validating_files" and created["training_file"].startswith("file-")  # the local file was uploaded
+    job = wait_for(client, created["id"])
+    assert job.status == "succeeded" and job.fine_tuned_model.startswith("ft:tiny:acme:cli:")
+    assert created["id"] in togi("jobs", "list", *endpoint).stdout
+    assert json.loads(togi("jobs", "get", created["id"], *endpoint).stdout)["status"] == "succeeded"
+    assert "The job has successfully completed" in togi("jobs", "events", created["id"], *endpoint).stdout
+    refused = togi("jobs", "cancel", created["id"], *endpoint, check=False)
+    assert refused.returncode == 1 and "already succeeded" in refused.stderr and "Traceback" not in refused.stderr
+    missing = togi("jobs", "get", "ftjob-nope", "--base-url", server.url, "--api-key", "sk-togi-wrong", check=False)
+    assert missing.returncode == 1 and "401" in missing.stderr
+
+
+def test_pause_and_resume_continue_from_the_checkpoint(client, tmp_path):
+    data = upload(client, write_jsonl(tmp_path / "pause.jsonl", distinct_chats(12)))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=data.id,
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 4}}})
+    deadline = time.time() + 120
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert job_process(job.id) is None
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    job = wait_for(client, job.id)
+    assert job.status == "succeeded"
+    assert any(e.message.startswith("Fine-tuning job resumed from the checkpoint at step") for e in all_events(client, job.id))
+
+
+def test_models_can_be_listed_read_and_deleted_by_their_owner(client, server):
+    openapi = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.port}/openapi.json").read())
+    assert "/v1/fine_tuning/jobs" in openapi["paths"] and "/v1/chat/completions" in openapi["paths"]
+    job = next(j for j in client.fine_tuning.jobs.list().data if j.status == "succeeded")
+    assert client.models.retrieve(job.fine_tuned_model).owned_by == "acme"
+    assert client.models.retrieve("tiny").owned_by == "togi"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.delete("tiny")
+    assert client.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
