@@ -267,3 +267,28 @@ def test_hub_upload_sends_the_export_and_a_model_card_to_a_hub_server(cli, tmp_p
     card = (uploaded / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nbase_model: ") and f"library_name: {'peft' if upload == 'adapter' else 'transformers'}" in card
     assert ("adapter_model.safetensors" if upload == "adapter" else "model.safetensors") in names
+
+
+def test_qwen2_gguf_with_attention_biases_round_trips_in_transformers_and_llama_cpp(tmp_path, tokenizer):
+    """Qwen2 is written as llama.cpp's qwen2 architecture: query/key/value biases, no rotary permutation."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from togi.export import llama_cpp
+    from togi.export.gguf_writer import verify_gguf, write_gguf
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.2,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # non-zero biases, so a lost or misplaced bias shows
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                projection.bias.normal_(0, 0.5)
+    path = write_gguf(model, tokenizer, tmp_path / "qwen2.gguf", "f32")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": "在庫はありますか？"}], tokenize=False, add_generation_prompt=True)]
+    assert verify_gguf(model, tokenizer, path, prompts) == {"max_abs_logit_diff": 0.0, "top1_agreement": 1.0, "greedy_equal": "1/1",
+                                                           "tokenization_equal": "1/1"}
+    if llama_cpp.available():
+        in_llama_cpp = llama_cpp.verify(model, tokenizer, path, prompts)
+        assert in_llama_cpp["top1_agreement"] == 1.0 and in_llama_cpp["max_abs_logit_diff"] < 0.05

@@ -1,4 +1,4 @@
-"""GGUF export for the Llama family (Llama, Mistral, SmolLM), written with the ``gguf`` package.
+"""GGUF export for the Llama family (Llama, Mistral, SmolLM) and Qwen2, written with the ``gguf`` package.
 
 It writes what llama.cpp and transformers read: architecture metadata, the byte-level BPE vocabulary
 with token types and merges, the special token ids, the chat template, and the tensors under GGUF
@@ -16,7 +16,10 @@ import numpy as np
 
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# The GGUF architecture each model type is written as, and whether its query/key weights are permuted
+# into llama.cpp's interleaved rotary layout (llama.cpp's own converter permutes Llama and Mistral, not Qwen2).
+GGUF_ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
 
 
 class GGUFExportError(Exception):
@@ -79,7 +82,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(temporary), "llama")
+    architecture, permute = GGUF_ARCHITECTURES[config.model_type]
+    writer = gguf.GGUFWriter(str(temporary), architecture)
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -109,7 +113,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if architecture == "qwen2" else gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     state = model.state_dict()
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
@@ -118,9 +122,9 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
         if gguf_name is None:
             raise GGUFExportError(f"no GGUF name for tensor {hf_name}")
         data = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if permute and hf_name.endswith("q_proj.weight"):
             data = _permute(data, heads)
-        elif hf_name.endswith("k_proj.weight"):
+        elif permute and hf_name.endswith("k_proj.weight"):
             data = _permute(data, kv_heads)
         if data.ndim == 1 or quant == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, data.astype(np.float32))
