@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chat, distinct_chats, write_jsonl
+from conftest import distinct_chats, write_jsonl
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -123,7 +123,8 @@ def job_process(job_id: str) -> int | None:
 def test_the_openai_fine_tuning_flow_runs_unchanged(client, tmp_path):
     training = upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(12)))
     assert training.status == "processed" and training.filename == "shop.jsonl" and training.purpose == "fine-tune"
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, suffix="shop",
+    validation = upload(client, write_jsonl(tmp_path / "shop-val.jsonl", distinct_chats(22)[12:]))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, validation_file=validation.id, suffix="shop",
                                          method={"type": "supervised", "supervised": {"hyperparameters": {
                                              "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 50}}})  # lr 1e-2: a visible change
     assert job.status == "validating_files" and job.training_file == training.id
@@ -143,8 +144,10 @@ def test_the_openai_fine_tuning_flow_runs_unchanged(client, tmp_path):
                      "Step 1/12: training loss=", "Checkpoint created at step 6", "New fine-tuned model created",
                      "The job has successfully completed"):
         assert any(message.startswith(expected) for message in messages), (expected, messages)
-    metrics = [event for event in all_events(client, job.id) if event.type == "metrics"]
+    metrics = [event for event in all_events(client, job.id) if event.type == "metrics" and event.data["train_loss"] is not None]
     assert len(metrics) == 12 and metrics[-1].data["step"] == 12 and metrics[-1].data["total_steps"] == 12
+    validation_steps = [event.data["step"] for event in all_events(client, job.id) if event.type == "metrics" and event.data["valid_loss"]]
+    assert validation_steps == [6, 12]  # evaluated once per epoch on the validation file
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [12, 6]  # newest first
@@ -152,6 +155,7 @@ def test_the_openai_fine_tuning_flow_runs_unchanged(client, tmp_path):
 
     results = client.files.content(job.result_files[0]).text.splitlines()
     assert results[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(results) == 13
+    assert results[6].startswith("6,") and results[6].split(",")[3]  # the validation loss at the end of epoch 1
 
     question = [{"role": "user", "content": "在庫はありますか？"}]
     answer = client.chat.completions.create(model=job.fine_tuned_model, messages=question, max_tokens=8, temperature=0)
@@ -298,7 +302,7 @@ def test_kill_9_and_restart_resumes_the_job_from_its_checkpoint(tmp_path, tiny_m
         messages = [event.message for event in events]
         assert any(m.startswith("The server restarted; the job is queued again") for m in messages)
         assert any(m.startswith("Fine-tuning job resumed from the checkpoint at step") for m in messages)
-        steps = [event.data["step"] for event in events if event.type == "metrics"]
+        steps = [event.data["step"] for event in events if event.type == "metrics" and event.data["train_loss"] is not None]
         assert steps == sorted(set(steps)) and steps[-1] == 90  # every step reported once, through to the end
     finally:
         second.stop()

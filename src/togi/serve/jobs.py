@@ -116,6 +116,7 @@ class RunWatcher:
         self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
         self.run_dir = job_directory(data_dir, job["id"]) / "run"
         self.reported_step = job["internal"].get("reported_step", 0)
+        self.reported_eval_step = job["internal"].get("reported_eval_step", 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -143,9 +144,21 @@ class RunWatcher:
                         "valid_loss": None, "valid_mean_token_accuracy": None}
                 add_event(self.store, self.job, f"Step {record['step']}/{self.total_steps}: training loss={record['train_loss']:.4f}",
                           kind="metrics", data=data)
-                self.store.update("job", self.job["id"], internal={**self.job["internal"], "reported_step": self.reported_step})
+                self._remember()
+            if "eval_loss" in record and record["step"] > self.reported_eval_step:
+                self.reported_eval_step = record["step"]
+                data = {"step": record["step"], "total_steps": self.total_steps, "train_loss": None, "train_mean_token_accuracy": None,
+                        "valid_loss": record["eval_loss"], "valid_mean_token_accuracy": record.get("eval_token_accuracy")}
+                add_event(self.store, self.job, f"Step {record['step']}/{self.total_steps}: validation loss={record['eval_loss']:.4f}",
+                          kind="metrics", data=data)
+                self._remember()
         for checkpoint in sorted((self.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
             self._record_checkpoint(checkpoint, records)
+
+    def _remember(self) -> None:
+        """Keep what was reported in the job, so a resumed job does not report a step twice."""
+        self.job["internal"].update(reported_step=self.reported_step, reported_eval_step=self.reported_eval_step)
+        self.store.update("job", self.job["id"], internal=self.job["internal"])
 
     def _record_checkpoint(self, checkpoint: Path, records: list[dict[str, Any]]) -> None:
         step = int(checkpoint.name.split("-")[-1])
