@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 
 Method = Literal["full", "freeze", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning"]
+Stage = Literal["sft", "dpo", "orpo", "kto", "reward", "rlhf"]
+PREFERENCE_STAGES = ("dpo", "orpo", "kto", "reward", "rlhf")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning")
 LORA_PRESETS = ("minimal", "standard", "full")
 MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
@@ -109,9 +111,23 @@ class MonitoringSettings(_Section):
     samples: int = Field(3, ge=0, description="held-out prompts answered by the base and the tuned model at the end")
 
 
+class PreferenceSettings(_Section):
+    beta: float = Field(0.1, gt=0, le=10, description="dpo/orpo/kto: how far the policy may move from the reference")
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = Field("sigmoid", description="dpo only")
+
+
+class RLHFSettings(_Section):
+    reward_model: str | None = Field(None, description="a run of stage reward, or a sequence-classification model directory")
+    reward_function: str | None = Field(None, description="instead of a model: 'module:function' scoring completions (TRL's signature)")
+    num_generations: int = Field(4, ge=2, le=64, description="answers sampled per prompt; their rewards are compared with each other")
+    max_new_tokens: int = Field(32, gt=0, le=4096)
+    temperature: float = Field(1.0, gt=0, le=2)
+
+
 class TrainConfig(_Section):
     model: str = EMBEDDED_MODEL_NAME
     method: Method = "lora"
+    stage: Stage = Field("sft", description="sft, or a preference stage: dpo, orpo, kto, reward, rlhf")
     output_dir: Path | None = Field(None, description="the run directory (default: runs/<date>-<method>)")
     data: DataSettings
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -120,6 +136,16 @@ class TrainConfig(_Section):
     prefix_tuning: VirtualTokenSettings = Field(default_factory=VirtualTokenSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    rlhf: RLHFSettings = Field(default_factory=RLHFSettings)
+
+    @model_validator(mode="after")
+    def _stage_fits_the_method(self) -> TrainConfig:
+        if self.stage != "sft" and self.method not in ("lora", "dora", "qlora", "full", "freeze"):
+            raise ValueError(f"stage {self.stage} trains with lora, dora, qlora, full or freeze, not {self.method}")
+        if self.stage == "rlhf" and not (self.rlhf.reward_model or self.rlhf.reward_function):
+            raise ValueError("stage rlhf needs rlhf.reward_model (a run of stage reward) or rlhf.reward_function ('module:function')")
+        return self
 
     @model_validator(mode="after")
     def _reporter_is_installed(self) -> TrainConfig:
@@ -146,7 +172,14 @@ class TrainConfig(_Section):
             return self.training.learning_rate
         if self.method in ("prompt_tuning", "prefix_tuning"):
             return 3e-3  # virtual tokens start far from useful values and need larger steps
-        return 2e-4 if self.method in ADAPTER_METHODS else 2e-5
+        adapters = self.method in ADAPTER_METHODS
+        if self.stage in ("dpo", "orpo", "kto"):  # the seed's 5e-7 is for full training of 7B models; adapters need more
+            return 5e-5 if adapters else 5e-7
+        if self.stage == "reward":
+            return 1e-4 if adapters else 1e-5
+        if self.stage == "rlhf":
+            return 1e-5 if adapters else 1e-6
+        return 2e-4 if adapters else 2e-5
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")

@@ -32,6 +32,7 @@ def train_command(
     val_ratio: Annotated[Optional[float], typer.Option(help="Hold out this share of the training data for validation.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model: the embedded default's name, a directory, a .gguf file or a hub id.")] = None,
     method: Annotated[Optional[str], typer.Option(help="full, freeze, lora, dora, qlora, prompt_tuning or prefix_tuning.")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="sft (default), or a preference stage: dpo, orpo, kto, reward, rlhf.")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<date>-<method>).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
@@ -47,7 +48,7 @@ def train_command(
     `togi train --resume runs/NAME`
     """
     overrides = list(set_values or [])
-    flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "model": model, "method": method,
+    flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "model": model, "method": method, "stage": stage,
              "output_dir": output_dir, "training.epochs": epochs, "training.max_steps": max_steps, "training.precision": precision}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     if train_on_prompt:
@@ -68,7 +69,24 @@ def train_command(
     _run(config, resume)
 
 
+def _run_stage(config: TrainConfig) -> None:
+    from togi.train.preference import StageDataError, train_stage
+
+    quiet_libraries()
+    with user_errors():
+        try:
+            run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+        except StageDataError as error:
+            raise fail(str(error), "see the stage's data formats in `togi data convert --help`", 1) from None
+    console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
+    console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
+
+
 def _run(config: TrainConfig, resume: Path | None) -> None:
+    if config.stage != "sft":
+        if resume:
+            raise fail(f"--resume is for sft runs; stage {config.stage} starts over", "run the stage again with a new output_dir")
+        return _run_stage(config)
     from togi.train import TrainingFailed, train
     from togi.train.data import TrainingDataError
     from togi.train.samples import render_samples
