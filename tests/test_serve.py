@@ -228,9 +228,14 @@ def test_request_errors_use_the_openai_envelope(client, server, tmp_path):
     with pytest.raises(openai.APIStatusError) as error:
         upload(client, large)
     assert error.value.status_code == 413
-    dpo = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, write_jsonl(tmp_path / "d.jsonl", distinct_chats(12))).id,
-                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
-    assert dpo.status == "failed" and dpo.error.code == "unsupported_method"
+    chats = upload(client, write_jsonl(tmp_path / "d.jsonl", distinct_chats(12))).id
+    unknown = client.fine_tuning.jobs.create(model="tiny", training_file=chats, method={"type": "reinforcement"})
+    assert unknown.status == "failed" and unknown.error.code == "unsupported_method"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.fine_tuning.jobs.create(model="tiny", training_file=chats, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
+    assert error.value.param == "hyperparameters.beta"
+    dpo_on_chats = wait_for(client, client.fine_tuning.jobs.create(model="tiny", training_file=chats, method={"type": "dpo"}).id)
+    assert dpo_on_chats.status == "failed" and "a dpo job needs preference pairs" in dpo_on_chats.error.message
 
 
 def test_a_hostile_filename_stays_inside_the_data_dir(client, server, tmp_path):
@@ -352,3 +357,17 @@ def test_models_can_be_listed_read_and_deleted_by_their_owner(client, server):
     assert client.models.delete(job.fine_tuned_model).deleted
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_dpo_job_trains_on_openai_preference_data(client, tmp_path):
+    pairs = [{"input": {"messages": [{"role": "user", "content": f"質問{i}: 在庫はありますか？"}]},
+              "preferred_output": [{"role": "assistant", "content": "はい、在庫がございます。"}],
+              "non_preferred_output": [{"role": "assistant", "content": "The quick brown fox"}]} for i in range(12)]
+    data = upload(client, write_jsonl(tmp_path / "dpo.jsonl", pairs))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=data.id, suffix="polite",
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    job = wait_for(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1  # "auto" resolved
+    answer = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "在庫は？"}], max_tokens=4)
+    assert answer.choices[0].finish_reason in ("stop", "length")

@@ -100,6 +100,9 @@ def _check_hyperparameters(values: dict[str, Any]) -> None:
         value = values.get(name, "auto")
         if value != "auto" and not low <= value <= high:
             raise APIError(400, f"{name} must be between {low} and {high}, or 'auto'", "invalid_value", f"hyperparameters.{name}")
+    beta = values.get("beta", "auto")
+    if beta not in ("auto", None) and not 0 < beta <= 2:
+        raise APIError(400, "beta must be in (0, 2], or 'auto'", "invalid_value", "hyperparameters.beta")
     multiplier = values.get("learning_rate_multiplier", "auto")
     if multiplier != "auto" and not multiplier > 0:
         raise APIError(400, "learning_rate_multiplier must be above 0", "invalid_value", "hyperparameters.learning_rate_multiplier")
@@ -214,16 +217,17 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
         job = {"id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "finished_at": None, "model": body.model,
                "fine_tuned_model": None, "organization_id": org, "status": "validating_files", "error": None,
                "hyperparameters": {"n_epochs": requested.get("n_epochs", "auto"), "batch_size": requested.get("batch_size", "auto"),
-                                   "learning_rate_multiplier": requested.get("learning_rate_multiplier", "auto")},
+                                   "learning_rate_multiplier": requested.get("learning_rate_multiplier", "auto"),
+                                   **({"beta": requested.get("beta", "auto")} if method_type == "dpo" else {})},
                "method": method, "result_files": [], "trained_tokens": None, "training_file": body.training_file,
                "validation_file": body.validation_file, "seed": body.seed if body.seed is not None else secrets.randbelow(2**31),
                "estimated_finish": None, "integrations": body.integrations or [], "metadata": body.metadata, "suffix": body.suffix,
                "internal": {"model_reference": base_models[body.model], "paths": paths,
                             "fine_tuned_model": fine_tuned_model_name(body.model, org, body.suffix, job_id)}}
-        if method_type != "supervised":
+        if method_type not in ("supervised", "dpo"):
             job.update(status="failed", finished_at=int(time.time()),
                        error={"code": "unsupported_method", "param": "method.type",
-                              "message": f"method.type {method_type!r} is not supported by this togi server yet; use 'supervised'"})
+                              "message": f"method.type {method_type!r} is not supported by this togi server; use 'supervised' or 'dpo'"})
         store.put("job", job, org)
         add_event(store, job, "Created fine-tuning job" if job["status"] != "failed" else job["error"]["message"],
                   level="info" if job["status"] != "failed" else "error")

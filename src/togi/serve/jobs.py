@@ -6,6 +6,9 @@ togi's training engine into ``DATA_DIR/jobs/<job>/run`` and reports through the 
 and checkpoints become events and checkpoint records as they appear in the run directory. A job that
 starts again (after a pause, or after the server was killed) resumes from its last checkpoint.
 
+Jobs of ``method.type`` ``dpo`` train togi's DPO stage (LoRA, beta "auto" = 0.1, learning rate 5e-5 times
+the multiplier) on preference pairs in OpenAI's format; they start over instead of resuming after a restart.
+
 "auto" hyper-parameters, from the number of training examples N:
 - ``n_epochs``: 3, raised so the job makes at least 100 example passes (ceil(100 / N), at most 10),
   and 1 for N above 25,000 (OpenAI's rule has the same shape);
@@ -29,11 +32,12 @@ from typing import Any
 from togi.serve.store import SQLiteStore, Store, new_id
 
 BASE_LEARNING_RATE = 2e-4
+DPO_LEARNING_RATE = 5e-5  # togi's default for DPO with LoRA (see togi.train.preference)
 MIN_EXAMPLES = 10
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def resolve_hyperparameters(requested: dict[str, Any], n_examples: int) -> dict[str, Any]:
+def resolve_hyperparameters(requested: dict[str, Any], n_examples: int, method: str = "supervised") -> dict[str, Any]:
     def given(name: str) -> Any:
         value = requested.get(name, "auto")
         return None if value in (None, "auto") else value
@@ -41,7 +45,10 @@ def resolve_hyperparameters(requested: dict[str, Any], n_examples: int) -> dict[
     epochs = given("n_epochs") or (1 if n_examples > 25_000 else min(10, max(3, math.ceil(100 / max(n_examples, 1)))))
     batch_size = given("batch_size") or min(8, max(1, n_examples // 50))
     multiplier = given("learning_rate_multiplier") or 1.0
-    return {"n_epochs": int(epochs), "batch_size": int(batch_size), "learning_rate_multiplier": float(multiplier)}
+    resolved = {"n_epochs": int(epochs), "batch_size": int(batch_size), "learning_rate_multiplier": float(multiplier)}
+    if method == "dpo":
+        resolved["beta"] = float(given("beta") or 0.1)
+    return resolved
 
 
 def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_id: str) -> str:
@@ -59,8 +66,9 @@ def add_event(store: Store, job: dict[str, Any], message: str, level: str = "inf
     store.put("event", event, job["organization_id"], parent=job["id"])
 
 
-def validate_training_file(path: Path, model_reference: str) -> tuple[dict[str, Any] | None, dict[str, int]]:
+def validate_training_file(path: Path, model_reference: str, method: str = "supervised") -> tuple[dict[str, Any] | None, dict[str, int]]:
     """Check a training file with the data toolkit. Returns the job error (or None) and its size."""
+    from togi.data.examples import ExampleKind
     from togi.data.findings import Severity, sort_findings
     from togi.data.formats import load_dataset
     from togi.data.reader import DataFileError
@@ -71,6 +79,11 @@ def validate_training_file(path: Path, model_reference: str) -> tuple[dict[str, 
         dataset = load_dataset(path)
     except DataFileError as error:
         return {"code": "invalid_training_file", "message": f"the training file cannot be read: {error}", "param": "training_file"}, {}
+    wanted = ExampleKind.PREFERENCE if method == "dpo" else ExampleKind.CHAT
+    if dataset.examples and dataset.kind is not wanted:
+        what = "preference pairs ({input, preferred_output, non_preferred_output})" if method == "dpo" else "chat examples ({messages})"
+        return {"code": "invalid_training_file", "param": "training_file",
+                "message": f"a {method} job needs {what}; the training file holds {dataset.kind.value} examples"}, {}
     report = check_dataset(dataset, load_tokenizer(model_reference), CheckOptions(min_examples=MIN_EXAMPLES))
     errors = [finding for finding in sort_findings(report.findings) if finding.severity is Severity.ERROR]
     size = {"n_examples": len(dataset.examples), "tokens_per_epoch": report.stats.tokens_per_epoch}
@@ -92,18 +105,21 @@ def train_config(job: dict[str, Any], data_dir: Path) -> Any:
     from togi.config import load_config
 
     internal, hyper = job["internal"], job["hyperparameters"]
+    dpo = job["method"]["type"] == "dpo"
     steps_per_epoch = math.ceil(internal["n_examples"] / hyper["batch_size"])
     overrides = [
         f"model={internal['model_reference']}", "method=lora",
         f"data.train_file={internal['paths']['training_file']}",
         f"output_dir={job_directory(data_dir, job['id']) / 'run'}",
         f"training.epochs={hyper['n_epochs']}", f"training.batch_size={hyper['batch_size']}", "training.gradient_accumulation=1",
-        f"training.learning_rate={BASE_LEARNING_RATE * hyper['learning_rate_multiplier']:g}",
+        f"training.learning_rate={(DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE) * hyper['learning_rate_multiplier']:g}",
         f"monitoring.save_every={steps_per_epoch}", "monitoring.keep_checkpoints=3", "monitoring.log_every=1",
         f"monitoring.eval_every={steps_per_epoch}", "monitoring.samples=0",
     ]
     if job.get("seed") is not None:
         overrides.append(f"training.seed={job['seed']}")
+    if dpo:
+        overrides += ["stage=dpo", f"preference.beta={hyper['beta']}"]
     validation = internal["paths"].get("validation_file")
     overrides.append(f"data.val_file={validation}" if validation else "data.val_ratio=0")
     return load_config(None, overrides)
@@ -220,6 +236,10 @@ def run_job(data_dir: Path, job_id: str) -> int:
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
+    dpo = job["method"]["type"] == "dpo"
+    if dpo and run_dir.exists():  # the preference stages do not resume from checkpoints yet: start over
+        shutil.rmtree(run_dir)
+        add_event(store, job, "DPO jobs do not resume from checkpoints yet: the job starts again from the beginning", level="warn")
     resuming = (run_dir / "config.yaml").is_file()
     config = train_config(job, data_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
@@ -228,7 +248,12 @@ def run_job(data_dir: Path, job_id: str) -> int:
               else "Fine-tuning job started")
     try:
         with RunWatcher(store, job, data_dir, total_steps):
-            result = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None)
+            if dpo:
+                from togi.train.preference import train_stage
+
+                output_dir = train_stage(config, log=lambda message: None) / "adapter"
+            else:
+                output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
     except Exception as error:  # the job fails; the server goes on
         if store.get("job", job_id)["status"] == "running":
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -239,7 +264,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
                           results_csv(run_dir).encode("utf-8"))
     model_name = job["internal"]["fine_tuned_model"]
-    add_model(store, model_name, job, result.output_dir)
+    add_model(store, model_name, job, output_dir)
     add_event(store, job, f"New fine-tuned model created: {model_name}")
     if store.get("job", job_id)["status"] == "running":
         store.update("job", job_id, status="succeeded", finished_at=int(time.time()), result_files=[results["id"]],

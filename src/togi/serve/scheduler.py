@@ -122,20 +122,20 @@ class Scheduler:
                 self._launch(job)
 
     def _validate(self, job: dict[str, Any]) -> None:
-        paths, model = job["internal"]["paths"], job["internal"]["model_reference"]
+        paths, model, method = job["internal"]["paths"], job["internal"]["model_reference"], job["method"]["type"]
         add_event(self.store, job, f"Validating training file: {job['training_file']}")
-        error, size = validate_training_file(Path(paths["training_file"]), model)
+        error, size = validate_training_file(Path(paths["training_file"]), model, method)
         if error is None and paths.get("validation_file"):
-            error, _ = validate_training_file(Path(paths["validation_file"]), model)
+            error, _ = validate_training_file(Path(paths["validation_file"]), model, method)
             if error:
                 error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
         if error:
             self.store.update("job", job["id"], status="failed", error=error, finished_at=int(time.time()))
             add_event(self.store, job, error["message"], level="error")
             return
-        hyperparameters = resolve_hyperparameters(job["hyperparameters"], size["n_examples"])
-        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
-        job = self.store.update("job", job["id"], status="queued", hyperparameters=hyperparameters, method=method,
+        hyperparameters = resolve_hyperparameters(job["hyperparameters"], size["n_examples"], method)
+        job = self.store.update("job", job["id"], status="queued", hyperparameters=hyperparameters,
+                                method={"type": method, method: {"hyperparameters": hyperparameters}},
                                 internal={**job["internal"], **size})
         add_event(self.store, job, "Files validated, moving job to queued state")
 
