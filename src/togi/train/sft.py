@@ -9,19 +9,23 @@ Everything a run needs to be understood later is written to its run directory (s
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from togi.config import ADAPTER_METHODS, TrainConfig
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
+from togi.train.attention import per_example_attention
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
 from togi.train.samples import Sample, sample_generations, save_samples
+from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
 from togi.train.sampling import SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 
@@ -65,9 +69,11 @@ def train(
     resume_dir: Path | str | None = None,
     console: Any = None,
     log: Callable[[str], None] = print,
+    callbacks: Sequence[Any] = (),
 ) -> RunResult:
     """Train as the config says and return where the result is. ``resume_dir`` continues a run from its
-    last checkpoint, with the same data order and random state as if it had never stopped."""
+    last checkpoint, with the same data order and random state as if it had never stopped; ``callbacks``
+    are more transformers ``TrainerCallback``s to run beside togi's own."""
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -125,7 +131,9 @@ def train(
 
     recorder = MetricsRecorder(run.metrics_path, run.plot_path)
     guard = HealthGuard(warn)
-    callbacks = [recorder, guard]
+    callbacks = [recorder, guard, *callbacks]
+    if plan.device == "cpu" and not threads_chosen_by_user():
+        callbacks.append(CpuThreadGovernor())
     if console is not None:
         callbacks.append(RichProgress(console, recorder))
     if config.monitoring.early_stopping_patience and val_set is not None:
@@ -144,7 +152,8 @@ def train(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except (RuntimeError, MemoryError) as error:
         if _is_out_of_memory(error):
             run.write_info(status="failed", error="out of memory")
@@ -200,7 +209,10 @@ def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
 
 
 def _trainer_class(sft_trainer: type) -> type:
-    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``)."""
+    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``) and, on a CPU,
+    the LM head applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with
+    attention inside each example of a padding-free batch (``attention.py``) and fits the thread count to the
+    cores other processes leave free (``threads.py``)."""
 
     class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -210,6 +222,26 @@ def _trainer_class(sft_trainer: type) -> type:
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                               seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            if return_outputs or not self._compact_loss_applies(model, inputs):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            parts = compact_lm_loss(model, inputs, num_items_in_batch)
+            # The metrics TRL's own compute_loss records, which its log() reports: token accuracy and real tokens seen
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return parts.loss
+
+        def _compact_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
+            """On a CPU, for the plain next-token loss; everything else (CUDA, where TRL already projects only the
+            labelled positions; DFT loss, label smoothing, MoE auxiliary loss, prompt tuning) keeps TRL's path."""
+            args = self.args
+            return (args.device.type == "cpu" and args.loss_type == "nll" and self.label_smoother is None
+                    and self.compute_loss_func is None and not self.aux_loss_enabled and args.world_size == 1
+                    and "labels" in inputs and "shift_labels" not in inputs and supports_compact_loss(model))
 
     return TogiSFTTrainer
 
@@ -255,10 +287,11 @@ def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: Device
         greater_is_better=False,
         report_to=[] if monitoring.report_to == "none" else [monitoring.report_to],
         disable_tqdm=True,
-        # Tokenized and truncated by togi; padding-free batches flatten examples with position ids, which
-        # transformers turns into a block-diagonal mask so that examples never attend to each other.
+        # Tokenized and truncated by togi. Padding-free batches flatten examples with position ids: transformers
+        # turns them into a block-diagonal mask, and on a CPU togi attends within each example (``attention.py``),
+        # so examples never attend to each other.
         max_length=None,
-        padding_free=(config.data.packing is True or (config.data.packing == "auto" and plan.device == "cuda")) and not virtual_tokens,
+        padding_free=(config.data.packing is True or (config.data.packing == "auto" and plan.device in ("cuda", "cpu"))) and not virtual_tokens,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         dataloader_num_workers=0,
     )
