@@ -24,7 +24,8 @@ def greedy_answer(model_dir, question: str, max_new_tokens: int) -> str:
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         output = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    text = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return text.rstrip("\ufffd").strip()  # togi drops a character cut in half by the token limit
 
 
 @pytest.fixture(scope="module")
