@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from togi.evaluate.judge import (
-    JudgeError,
-    OpenAICompatibleJudge,
-    Verdict,
-    combine_orders,
-    judge_pairs,
-    parse_verdict,
-    wilson_interval,
-)
+from togi.evaluate.judge import Verdict, combine_orders, judge_pairs, parse_verdict, wilson_interval
+from togi.models.chat_client import ChatClientError, OpenAICompatibleClient
 
 from conftest import ALWAYS_A, distinct_chats, judge_server
-
 
 
 @pytest.mark.parametrize("reply,winner,scores", [
@@ -48,7 +40,7 @@ def test_wilson_interval_by_hand():
 
 def test_a_real_judge_over_http_and_its_position_bias_cancelled(biased_judge_dir):
     with judge_server(biased_judge_dir) as base_url:
-        judge = OpenAICompatibleJudge(base_url, model="tiny-judge")
+        judge = OpenAICompatibleClient(base_url, model="tiny-judge", role="the judge")
         items = [{"question": chat["messages"][0]["content"], "reference": chat["messages"][1]["content"],
                   "tuned": f"在庫は{i}点です", "baseline": f"配送は{i}日後"} for i, chat in enumerate(distinct_chats(40)[35:38])]
         judgements, summary = judge_pairs(judge, items)
@@ -58,16 +50,14 @@ def test_a_real_judge_over_http_and_its_position_bias_cancelled(biased_judge_dir
 
 
 def test_an_unreachable_judge_is_a_clear_error():
-    with pytest.raises(JudgeError, match="cannot reach the judge"):
-        OpenAICompatibleJudge("http://127.0.0.1:9/v1", model="x", timeout=2).complete([{"role": "user", "content": "hi"}])
+    with pytest.raises(ChatClientError, match="cannot reach the judge"):
+        OpenAICompatibleClient("http://127.0.0.1:9/v1", model="x", timeout=2, role="the judge").complete([{"role": "user", "content": "hi"}])
 
 
 def test_a_local_model_can_be_the_judge(biased_judge_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from togi.serve.chat_model import load_chat_model
 
-    from togi.evaluate.judge import LocalModelJudge
-
-    judge = LocalModelJudge(AutoModelForCausalLM.from_pretrained(biased_judge_dir), AutoTokenizer.from_pretrained(biased_judge_dir))
+    judge = load_chat_model(str(biased_judge_dir))
     chat = distinct_chats(40)[36]["messages"]
     _, summary = judge_pairs(judge, [{"question": chat[0]["content"], "reference": chat[1]["content"], "tuned": "在庫あり", "baseline": "不明"}])
     assert (summary.ties, summary.invalid) == (1, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags
 from togi.cli.data import fail, quiet_libraries, user_errors
 
 console = Console()
@@ -29,24 +29,6 @@ def _parse_floors(values: list[str]) -> dict[str, float]:
     return floors
 
 
-def _judge(url: str | None, model: str | None) -> tuple[Any, str]:
-    """The judge the flags describe: an endpoint, a local model, or none."""
-    from togi.evaluate.judge import LocalModelJudge, OpenAICompatibleJudge
-
-    if url:
-        if not model:
-            raise fail("--judge-url needs --judge-model", "name the model the endpoint should use, e.g. --judge-model gpt-4o-mini")
-        key = os.environ.get("TOGI_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        return OpenAICompatibleJudge(url, model, api_key=key), f"{model} at {url}"
-    if model:
-        from togi.models.device import plan_device
-        from togi.models.loading import load_causal_lm
-        from togi.models.resolve import load_tokenizer, resolve_model
-
-        return LocalModelJudge(load_causal_lm(resolve_model(model), plan_device()), load_tokenizer(model)), model
-    return None, ""
-
-
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A training run directory.", show_default=False)],
     data: Annotated[Path, typer.Option(help="Test data file (chat examples; the last assistant message is the reference).")],
@@ -59,25 +41,26 @@ def eval_command(
     fail_below: Annotated[Optional[list[str]], typer.Option(help="Deploy gate: METRIC=VALUE the tuned model must reach (repeatable).")] = None,
     must_beat_baseline: Annotated[bool, typer.Option("--must-beat-baseline", help="Deploy gate: no metric may be worse than the baseline's.")] = False,
     judge_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint of an LLM judge, e.g. http://127.0.0.1:8000/v1 (key: $TOGI_JUDGE_API_KEY or $OPENAI_API_KEY).")] = None,
-    judge_model: Annotated[Optional[str], typer.Option(help="The judge's model name at --judge-url, or a local model (directory, .gguf, run's model/ or the embedded name) without it.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="The judge's model name at --judge-url, or without it a local model: a run directory, a model directory, a .gguf file or the embedded name.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for report.json and records.jsonl (default: RUN_DIR/eval).")] = None,
 ) -> None:
     """Evaluate a tuned model against its base (or another run) with the same greedy decoding."""
-    from togi.evaluate.judge import JudgeError
     from togi.evaluate.metrics import HIGHER_IS_BETTER
     from togi.evaluate.runner import EvalOptions, EvaluationError, evaluate_run, gate_failures, write_report
+    from togi.models.chat_client import ChatClientError
 
     quiet_libraries()
     floors = _parse_floors(fail_below or [])
     with user_errors():
-        judge, judge_name = _judge(judge_url, judge_model)
+        judge, judge_name = chat_client_from_flags(judge_url, judge_model, role="the judge", flags=("--judge-url", "--judge-model"),
+                                                   key_variables=JUDGE_KEY_VARIABLES)
         options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
                               label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else (),
                               judge=judge, judge_name=judge_name)
         try:
             with console.status("generating answers with the tuned model and the baseline ..."):
                 report = evaluate_run(run_dir, options)
-        except (EvaluationError, JudgeError) as error:
+        except (EvaluationError, ChatClientError) as error:
             raise fail(str(error), "see `togi eval --help`") from None
         path = write_report(report, out or run_dir / "eval")
     table = Table(title=f"{report.n_examples} examples from {report.data}", title_justify="left")

@@ -5,19 +5,19 @@ wins only if it wins in both orders, loses only if it loses in both, and anythin
 judge that always prefers "A" therefore yields ties, not wins. Verdicts are JSON
 (``winner``, ``reason``, scores 1-5), parsed robustly from whatever text the judge returns.
 
-The judge is any OpenAI-compatible chat endpoint (``--judge-url``, ``--judge-model``, key from
-``TOGI_JUDGE_API_KEY`` or ``OPENAI_API_KEY``) or a local model.
+The judge is any ``ChatClient``: an OpenAI-compatible chat endpoint (``--judge-url``, ``--judge-model``,
+key from ``TOGI_JUDGE_API_KEY`` or ``OPENAI_API_KEY``) or a local model (``ChatModel``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
+
+from togi.data.json_reply import first_json
+from togi.models.chat_client import ChatClient
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. Compare two answers to the same question. Judge correctness first, "
@@ -29,47 +29,12 @@ JUDGE_TEMPLATE = (
 )
 
 
-class JudgeError(Exception):
-    pass
-
-
-class ChatJudge(Protocol):
-    def complete(self, messages: list[dict[str, str]]) -> str: ...
-
-
 @dataclass(frozen=True)
 class Verdict:
     winner: str | None  # "A", "B", "tie", or None when the reply could not be read
     reason: str = ""
     score_a: int | None = None
     score_b: int | None = None
-
-
-def _first_json_object(text: str) -> dict[str, Any] | None:
-    """The first balanced {...} in the text that parses as JSON (code fences and chatter around it allowed)."""
-    for start in [match.start() for match in re.finditer(r"\{", text)]:
-        depth, in_string, escaped = 0, False, False
-        for position in range(start, len(text)):
-            char = text[position]
-            if in_string:
-                escaped = char == "\\" and not escaped
-                if char == '"' and not escaped:
-                    in_string = False
-                continue
-            if char == '"':
-                in_string = True
-            elif char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    candidate = re.sub(r",\s*([}\]])", r"\1", text[start : position + 1])  # trailing commas
-                    try:
-                        value = json.loads(candidate)
-                    except json.JSONDecodeError:
-                        break
-                    return value if isinstance(value, dict) else None
-    return None
 
 
 def _winner(value: Any) -> str | None:
@@ -91,9 +56,7 @@ def _score(value: Any) -> int | None:
 
 
 def parse_verdict(text: str) -> Verdict:
-    data = _first_json_object(text)
-    if data is None and "{" in text and "}" not in text[text.index("{"):]:
-        data = _first_json_object(text + "}")  # a reply cut off by max_tokens just before its closing brace
+    data = first_json(text, "{")
     if data is not None:
         return Verdict(winner=_winner(data.get("winner")), reason=str(data.get("reason", ""))[:500],
                        score_a=_score(data.get("score_a")), score_b=_score(data.get("score_b")))
@@ -143,7 +106,7 @@ def summarize(outcomes: list[str]) -> JudgeSummary:
                         win_rate=round(wins / valid, 4) if valid else 0.0, win_rate_ci95=wilson_interval(wins, valid))
 
 
-def judge_pairs(judge: ChatJudge, items: list[dict[str, str]], progress: Callable[[int], None] = lambda done: None) -> tuple[list[dict[str, Any]], JudgeSummary]:
+def judge_pairs(judge: ChatClient, items: list[dict[str, str]], progress: Callable[[int], None] = lambda done: None) -> tuple[list[dict[str, Any]], JudgeSummary]:
     """``items`` hold question, reference, tuned and baseline; returns per-item judgements and the summary."""
     judgements = []
     for done, item in enumerate(items, start=1):
@@ -154,46 +117,3 @@ def judge_pairs(judge: ChatJudge, items: list[dict[str, str]], progress: Callabl
         judgements.append({"outcome": combine_orders(*verdicts), "tuned_first": verdicts[0].__dict__, "base_first": verdicts[1].__dict__})
         progress(done)
     return judgements, summarize([judgement["outcome"] for judgement in judgements])
-
-
-class OpenAICompatibleJudge:
-    """A judge behind ``POST {base_url}/chat/completions`` (OpenAI, vLLM, Ollama, togi serve, ...)."""
-
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key = api_key
-        self.timeout = timeout
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0, "max_tokens": 256}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            raise JudgeError(f"the judge at {self.url} answered HTTP {error.code}: {error.read()[:300]!r}") from None
-        except (urllib.error.URLError, TimeoutError) as error:
-            raise JudgeError(f"cannot reach the judge at {self.url}: {getattr(error, 'reason', error)}") from None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"the judge at {self.url} did not answer in the chat-completions format: {str(reply)[:300]}") from None
-
-
-class LocalModelJudge:
-    """A judge run in-process from a model directory, run directory's model or the embedded default."""
-
-    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 128) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        from togi.models.generation import generate_answers
-
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return generate_answers(self.model, self.tokenizer, [prompt], max_new_tokens=self.max_new_tokens)[0].text

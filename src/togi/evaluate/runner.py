@@ -41,7 +41,7 @@ class EvalOptions:
     limit: int | None = None
     label_pattern: str | None = None
     labels: tuple[str, ...] = ()
-    judge: Any = None  # a togi.evaluate.judge.ChatJudge, or None for no judge
+    judge: Any = None  # a togi.models.chat_client.ChatClient, or None for no judge
     judge_name: str = ""
 
 

@@ -1,4 +1,5 @@
-"""Batched greedy generation for chat prompts, timed, shared by training samples and evaluation."""
+"""Generation for rendered chat prompts: batched greedy answers, timed (training samples, evaluation), and
+several sampled answers to one prompt (preference-data generation)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,38 @@ def generate_answers(
         seconds = time.perf_counter() - began
         for row in output[:, batch["input_ids"].shape[1]:]:
             tokens = [token for token in row.tolist() if token != tokenizer.pad_token_id]
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip().rstrip("\ufffd")  # a character cut off by the token limit
-            answers.append(Generation(text=text, new_tokens=len(tokens), seconds=seconds))
+            answers.append(Generation(text=_answer_text(tokenizer, tokens), new_tokens=len(tokens), seconds=seconds))
+    return answers
+
+
+def _answer_text(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip().rstrip("\ufffd")  # a character cut off by the token limit
+
+
+def sample_answers(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    stop_ids: list[int],
+) -> list[str]:
+    """``n`` answers to one rendered prompt, sampled in one call; the same seed gives the same answers."""
+    model.eval()
+    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
+    with torch.no_grad():
+        output = model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n,
+                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids or None, pad_token_id=pad)
+    answers = []
+    for row in output[:, batch["input_ids"].shape[1]:].tolist():
+        end = next((position for position, token in enumerate(row) if token in stop_ids), len(row))
+        answers.append(_answer_text(tokenizer, row[:end]))
     return answers
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,7 @@ class ChatModel:
         tokenizer, model = self._tokenizer, self._model
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         streamer = TokenStreamer(tokenizer)
-        stops = [token_id for token_id in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(self.stop_token or "")) if token_id is not None
-                 and token_id != tokenizer.unk_token_id]
+        stops = self._stop_ids()
         sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.temperature > 0 else {"do_sample": False}
         torch.manual_seed(settings.seed)
         arguments = dict(**inputs, max_new_tokens=settings.max_new_tokens, streamer=streamer, eos_token_id=stops or None,
@@ -114,6 +113,24 @@ class ChatModel:
         worker.join()
         if failure:
             raise failure[0]
+
+    def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0, max_tokens: int = 256) -> str:
+        """The whole answer at once: this makes a local model a ``ChatClient`` (a judge, an augmenter)."""
+        return "".join(self.stream(messages, ChatSettings(max_new_tokens=max_tokens, temperature=temperature))).strip()
+
+    def sample(self, messages: list[dict[str, str]], n: int, settings: ChatSettings) -> list[str]:
+        """``n`` answers to one conversation, sampled with ``settings``; the same seed gives the same answers."""
+        from togi.models.generation import sample_answers
+
+        if self.backend == "llama.cpp":
+            return ["".join(self._stream_llama_cpp(self.prompt(messages), replace(settings, seed=settings.seed + i))).strip() for i in range(n)]
+        return sample_answers(self._model, self._tokenizer, self.prompt(messages), n=n, temperature=settings.temperature, top_p=settings.top_p,
+                              max_new_tokens=settings.max_new_tokens, seed=settings.seed, stop_ids=self._stop_ids())
+
+    def _stop_ids(self) -> list[int]:
+        tokenizer = self._tokenizer
+        return [token_id for token_id in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(self.stop_token or "")) if token_id is not None
+                and token_id != tokenizer.unk_token_id]
 
     def _stream_llama_cpp(self, prompt: str, settings: ChatSettings) -> Iterator[str]:
         chunks = self._model.create_completion(prompt, max_tokens=settings.max_new_tokens, temperature=settings.temperature,
