@@ -6,6 +6,8 @@ raw rows. Each example remembers where it came from so later findings can name t
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union
@@ -190,6 +192,20 @@ class ClassificationExample:
 
 
 Example = Union[ChatExample, PreferenceExample, KTOExample, ClassificationExample]
+
+
+@dataclass
+class Prompt:
+    """A conversation for a model to answer (it ends with a user message), e.g. to generate preference pairs from."""
+
+    messages: list[Message]
+    source: Source
+
+    @property
+    def key(self) -> str:
+        """A hash of the conversation's content: the same prompt has the same key in any file, at any line."""
+        text = json.dumps([message.to_template_dict() for message in self.messages], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass

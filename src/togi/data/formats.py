@@ -34,10 +34,11 @@ from togi.data.examples import (
     KTOExample,
     Message,
     PreferenceExample,
+    Prompt,
     Source,
 )
 from togi.data.findings import Finding, Severity
-from togi.data.reader import RawRecord, read_records
+from togi.data.reader import DataFileError, RawRecord, ReadResult, read_records, require_readable_file
 
 FORMAT_KINDS: dict[str, ExampleKind] = {
     "chat": ExampleKind.CHAT,
@@ -53,6 +54,7 @@ FORMATS = tuple(FORMAT_KINDS)
 ROLES = ("system", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = ("role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call")
 CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
+METADATA_KEY = "togi"  # what togi itself notes on rows it wrote (generated pairs, synthetic examples); no format reads it
 PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
 SHAPES_HINT = (
     "use one of: chat {messages}, alpaca {instruction, output}, pairs {input, output} / {prompt, completion} / "
@@ -125,6 +127,30 @@ def load_dataset(path: Path | str, options: LoadOptions = LoadOptions()) -> Data
         if example is not None:
             dataset.examples.append(example)
     return dataset
+
+
+def load_prompts(path: Path | str, options: LoadOptions = LoadOptions()) -> tuple[list[Prompt], list[Finding]]:
+    """Prompts to answer, with findings for the rows that are not: JSONL/JSON rows of chat messages (up to the
+    last user message), ``{"prompt": ...}`` or a string, or a .txt file with one prompt per line."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        require_readable_file(path)
+        read = ReadResult(path=path, container="txt")
+        try:
+            lines = path.read_text(encoding=options.encoding).splitlines()
+        except UnicodeDecodeError as error:
+            raise DataFileError(path, f"is not valid {options.encoding} text ({error.reason})", "save it as UTF-8, or pass --encoding") from None
+        read.records = [RawRecord(line=number, index=number - 1, value=line) for number, line in enumerate(lines, start=1) if line.strip()]
+    else:
+        read = read_records(path, encoding=options.encoding)
+    findings = list(read.findings)
+    converter = _RecordConverter(str(read.path), options, findings)
+    prompts = []
+    for record in read.records:
+        messages = converter.convert_prompt(record)
+        if messages is not None:
+            prompts.append(Prompt(messages=messages, source=Source(file=str(read.path), line=record.line, index=record.index)))
+    return prompts, findings
 
 
 def _dominant_shape(shapes: list[str | None]) -> str | None:
@@ -214,6 +240,31 @@ class _RecordConverter:
             return None
         example = self._converters[format_name](record.value)
         return None if self._failed else example
+
+    def convert_prompt(self, record: RawRecord) -> list[Message] | None:
+        """The conversation a model is to answer, up to its last user message: a chat row (a trailing
+        answer dropped), ``{"prompt": "..."}`` or ``{"prompt": [messages]}``, or a bare JSON string."""
+        self._record, self._failed = record, False
+        value = record.value
+        if isinstance(value, str):
+            value = {"prompt": value}
+        if not isinstance(value, dict) or not ({"messages", "prompt"} & value.keys()):
+            self._error("unknown_format", "a prompt row needs 'messages' or 'prompt'",
+                        'write {"messages": [{"role": "user", "content": "..."}]} or {"prompt": "..."}, one per line')
+            return None
+        key = "messages" if "messages" in value else "prompt"
+        if isinstance(value[key], list):
+            messages = self._messages(value[key], key)
+        else:
+            text = self._string(value, key)
+            messages = [Message(role="user", content=text)] if text is not None else None
+        if messages is None or self._failed:
+            return None
+        last_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=None)
+        if last_user is None:
+            self._error("missing_user", "no user message to answer", "add the user's question as a user message", field=key)
+            return None
+        return self._with_system(messages[: last_user + 1])
 
     @staticmethod
     def _has_any_known_key(row: dict[str, Any]) -> bool:
@@ -382,7 +433,7 @@ class _RecordConverter:
                         'write {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}', field="messages")
             return None
         for key in row:
-            if key not in CHAT_KEYS:
+            if key not in CHAT_KEYS and key != METADATA_KEY:
                 self._error("unrecognized_key", f"unrecognized key {key!r} is ignored", f"chat records hold {', '.join(CHAT_KEYS)}",
                             field=key, severity=Severity.WARNING)
         messages = self._messages(row["messages"], "messages")

@@ -66,7 +66,7 @@ def container_of(path: Path) -> str:
 
 def read_records(path: Path | str, encoding: str = "utf-8") -> ReadResult:
     path = Path(path)
-    _require_readable_file(path)
+    require_readable_file(path)
     container = container_of(path)
     data = path.read_bytes()
     result = ReadResult(path=path, container=container)
@@ -107,7 +107,7 @@ def read_records(path: Path | str, encoding: str = "utf-8") -> ReadResult:
     return result
 
 
-def _require_readable_file(path: Path) -> None:
+def require_readable_file(path: Path) -> None:
     if not path.exists():
         raise DataFileError(path, "no such file", "check the path; relative paths start from the current directory")
     if path.is_dir():
