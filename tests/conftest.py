@@ -132,46 +132,53 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 ALWAYS_A = '{"winner": "A", "reason": "A is better", "score_a": 5, "score_b": 2}'
 
 
-@pytest.fixture(scope="session")
-def biased_judge_dir(tmp_path_factory, tokenizer):
-    """A tiny model trained (full fine-tuning) to always answer ALWAYS_A: a real, maximally position-biased judge."""
+def train_constant_chat_model(directory: Path, tokenizer, records: list[dict[str, Any]], *, max_steps: int = 60,
+                              max_positions: int = 1024) -> Path:
+    """A tiny model fully fine-tuned on ``records`` (chat rows) until it answers as they do: a real model with a known habit."""
     from togi.config import load_config
-    from togi.evaluate.judge import JUDGE_SYSTEM, JUDGE_TEMPLATE
     from togi.train import train
 
-    directory = tmp_path_factory.mktemp("judge")
     model = build_tiny_model(tokenizer)
-    model.config.max_position_embeddings = 1024
+    model.config.max_position_embeddings = max_positions
     base = directory / "base"
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
-    import random
-
-    rng = random.Random(0)
-    alphabet = "あいうえおかきくけこ在庫配送番号商品質問答え回abc123{}:\"。、"
-    chats = distinct_chats(32)
-
-    def noise() -> str:  # answers of all sorts, as untrained models give
-        return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
-
-    records = [{"messages": [{"role": "system", "content": JUDGE_SYSTEM},
-                             {"role": "user", "content": JUDGE_TEMPLATE.format(
-                                 question=chat["messages"][0]["content"], reference=chat["messages"][1]["content"],
-                                 answer_a=noise(), answer_b=noise())},
-                             {"role": "assistant", "content": ALWAYS_A}]} for chat in chats]
-    data = write_jsonl(directory / "judge.jsonl", records)
+    data = write_jsonl(directory / "data.jsonl", records)
     config = load_config(None, [f"model={base}", "method=full", f"data.train_file={data}", f"output_dir={directory / 'run'}",
-                                "training.max_steps=60", "training.batch_size=4", "training.gradient_accumulation=1",
+                                f"training.max_steps={max_steps}", "training.batch_size=4", "training.gradient_accumulation=1",
                                 "training.learning_rate=3e-3", "data.val_ratio=0", "monitoring.samples=0"])
     return train(config, log=lambda message: None).output_dir
 
 
+def noise_texts(seed: int = 0):
+    """An endless supply of texts of all sorts and lengths, as untrained models answer."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = "あいうえおかきくけこ在庫配送番号商品質問答え回abc123{}:\"。、"
+    while True:
+        yield "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+
+
+@pytest.fixture(scope="session")
+def biased_judge_dir(tmp_path_factory, tokenizer):
+    """A tiny model trained (full fine-tuning) to always answer ALWAYS_A: a real, maximally position-biased judge."""
+    from togi.evaluate.judge import JUDGE_SYSTEM, JUDGE_TEMPLATE
+
+    noise = noise_texts()
+    records = [{"messages": [{"role": "system", "content": JUDGE_SYSTEM},
+                             {"role": "user", "content": JUDGE_TEMPLATE.format(
+                                 question=chat["messages"][0]["content"], reference=chat["messages"][1]["content"],
+                                 answer_a=next(noise), answer_b=next(noise))},
+                             {"role": "assistant", "content": ALWAYS_A}]} for chat in distinct_chats(32)]
+    return train_constant_chat_model(tmp_path_factory.mktemp("judge"), tokenizer, records)
 
 
 @contextlib.contextmanager
-def judge_server(model_dir: Path):
-    """tests/tiny_chat_server.py serving ``model_dir`` in a child process; yields its /v1 base URL."""
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "tiny_chat_server.py"), str(model_dir)],
+def judge_server(model_dir: Path, log: Path | None = None):
+    """tests/tiny_chat_server.py serving ``model_dir`` in a child process; yields its /v1 base URL. With ``log``,
+    the server appends each request's messages and its reply to that JSONL file."""
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "tiny_chat_server.py"), str(model_dir), *([str(log)] if log else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         yield f"http://127.0.0.1:{int(server.stdout.readline())}/v1"

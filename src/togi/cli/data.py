@@ -1,4 +1,4 @@
-"""``togi data ...``: check, stats, show, convert and split data files."""
+"""``togi data ...``: check, stats, show, convert and split data files (prefs and augment: cli/data_generation.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from togi.cli import render
+from togi.data.augment import AugmentError
 from togi.data.examples import Dataset
 from togi.data.findings import Finding, Severity, has_errors
 from togi.data.formats import FORMATS, LoadOptions, load_dataset
@@ -30,7 +31,7 @@ from togi.models.resolve import ModelNotFound, load_tokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-app = typer.Typer(help="Prepare and check training data: check, stats, show, convert, split.", no_args_is_help=True)
+app = typer.Typer(help="Prepare and check training data: check, stats, show, convert, split, prefs, augment.", no_args_is_help=True)
 console = Console()
 errors = Console(stderr=True)
 
@@ -65,7 +66,7 @@ def user_errors() -> Iterator[None]:
         raise fail(f"{error.path}: {error.message}", error.hint) from None
     except ModelNotFound as error:
         raise fail(error.message, error.hint) from None
-    except (LabelPatternError, SplitError, NotConvertible, ChatTemplateError) as error:
+    except (LabelPatternError, SplitError, NotConvertible, ChatTemplateError, AugmentError) as error:
         raise fail(str(error), "see `togi data --help`") from None
 
 
@@ -233,7 +234,7 @@ def convert(
         container = container_of(target)
         dataset = _load(source, format, encoding, input_column, output_column, system)
         if has_errors(dataset.findings):
-            _refuse(dataset, "convert")
+            refuse(dataset, "convert")
         target_format = to or default_target(dataset.kind, container)
         check_target(dataset.kind, target_format, container)
         records, problems = [], []
@@ -270,7 +271,7 @@ def split(
     with user_errors():
         dataset = _load(file, format, encoding, input_column, output_column, None)
         if has_errors(dataset.findings):
-            _refuse(dataset, "split")
+            refuse(dataset, "split")
         labels = None if stratify is None else _stratify_labels(dataset, stratify, compile_label_pattern(label_pattern))
         parts = split_indices(len(dataset.examples), val_ratio, test_ratio, labels=labels, seed=seed).parts()
         directory = out_dir or file.parent
@@ -298,7 +299,7 @@ def split(
     console.print(table)
 
 
-def _refuse(dataset: Dataset, action: str) -> None:
+def refuse(dataset: Dataset, action: str) -> None:
     render.render_findings(errors, [f for f in dataset.findings if f.severity is Severity.ERROR])
     raise fail(f"{dataset.path} has errors; nothing was written", f"fix them first (`togi data check {dataset.path}`), then {action} again",
                EXIT_FINDINGS)

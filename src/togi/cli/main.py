@@ -9,6 +9,7 @@ import typer
 from togi import __version__
 from togi.cli import data
 from togi.cli.chat import chat_command
+from togi.cli.data_generation import augment_command, prefs_command
 from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
 from togi.cli.serve import jobs_app, serve_app
@@ -20,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+data.app.command("prefs")(prefs_command)
+data.app.command("augment")(augment_command)
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
