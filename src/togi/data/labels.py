@@ -3,12 +3,14 @@
 Classification and KTO examples carry their label. Chat and preference examples have none, but
 a task with fixed-format answers ("ラベル: ポジティブ ...") has one inside the answer: a
 ``label_pattern`` regular expression extracts it from the final answer (its first group, or the
-whole match when it has no group).
+whole match when it has no group). ``accuracy_and_macro_f1`` scores predicted labels against expected
+ones, for ``togi eval`` and for classifiers during training.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from togi.data.examples import ClassificationExample, Example, KTOExample
 
@@ -41,3 +43,19 @@ def label_of(example: Example, pattern: re.Pattern[str] | None = None) -> str | 
 
 def has_own_labels(example: Example) -> bool:
     return isinstance(example, (ClassificationExample, KTOExample))
+
+
+def accuracy_and_macro_f1(predicted: Sequence[str | None], expected: Sequence[str]) -> tuple[float, float]:
+    """Accuracy, and the mean over the expected classes of each class's F1 (a missing label is wrong)."""
+    if not expected:
+        return 0.0, 0.0
+    accuracy = sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+    scores = []
+    for label in sorted(set(expected)):
+        true_positive = sum(p == label and e == label for p, e in zip(predicted, expected))
+        predicted_positive = sum(p == label for p in predicted)
+        actual_positive = sum(e == label for e in expected)
+        precision = true_positive / predicted_positive if predicted_positive else 0.0
+        recall = true_positive / actual_positive
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return accuracy, sum(scores) / len(scores)

@@ -18,6 +18,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+from togi.data.labels import accuracy_and_macro_f1  # noqa: F401  (defined below train/, which scores classifiers with it)
+
 # Hiragana, katakana, CJK ideographs (with extension A and compatibility forms), half-width katakana, Hangul.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\uac00-\ud7af"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}_]+", re.UNICODE)
@@ -89,19 +91,3 @@ class LabelExtractor:
             return (match.group(1) if self.pattern.groups else match.group(0)).strip()
         found = [(normalized.find(label), label) for label in self.labels if label in normalized]
         return min(found)[1] if found else None
-
-
-def accuracy_and_macro_f1(predicted: Sequence[str | None], expected: Sequence[str]) -> tuple[float, float]:
-    """Accuracy, and the mean over the expected classes of each class's F1 (a missing label is wrong)."""
-    if not expected:
-        return 0.0, 0.0
-    accuracy = sum(p == e for p, e in zip(predicted, expected)) / len(expected)
-    scores = []
-    for label in sorted(set(expected)):
-        true_positive = sum(p == label and e == label for p, e in zip(predicted, expected))
-        predicted_positive = sum(p == label for p in predicted)
-        actual_positive = sum(e == label for e in expected)
-        precision = true_positive / predicted_positive if predicted_positive else 0.0
-        recall = true_positive / actual_positive
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return accuracy, sum(scores) / len(scores)
