@@ -7,11 +7,16 @@ suggested. Any field can be overridden with ``--set path=value`` (the value is r
 Defaults follow the seeds: LoRA r=16, alpha=32, dropout 0.05 on all attention and MLP projections;
 3 epochs; batch 4 with 4 accumulation steps; learning rate 2e-4 for adapters, 2e-5 for full and
 partial fine-tuning; cosine schedule with 10% warm-up; weight decay 0.01; max length 2048.
+
+``task: classification`` trains a sequence-classification head instead of a chat model; its default model
+is the embedded text encoder all-MiniLM-L6-v2, and ``classification.freeze_backbone: true`` (method
+freeze) trains the new head alone at 1e-3, the seeds' transfer-learning recipe.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -20,9 +25,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from togi.models.embedded import EMBEDDED_MODEL_NAME
+from togi.models.encoder import ENCODER_MODEL_NAME
 
 Method = Literal["full", "freeze", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning"]
 Stage = Literal["sft", "dpo", "orpo", "kto", "reward", "rlhf"]
+Task = Literal["chat", "classification"]
 PREFERENCE_STAGES = ("dpo", "orpo", "kto", "reward", "rlhf")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning")
 LORA_PRESETS = ("minimal", "standard", "full")
@@ -31,6 +38,14 @@ MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RecipeRuleError(ValueError):
+    """A rule across fields, reported at the field it names (``classification.freeze_backbone``) with a hint."""
+
+    def __init__(self, path: str, message: str, hint: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message, self.hint = path, message, hint
 
 
 class LoraSettings(_Section):
@@ -83,7 +98,8 @@ class TrainingSettings(_Section):
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     batch_size: int = Field(4, gt=0)
     gradient_accumulation: int = Field(4, gt=0)
-    learning_rate: float | None = Field(None, description="default: 2e-4 for adapters, 2e-5 for full and freeze")
+    learning_rate: float | None = Field(None, description="default: 2e-4 for adapters, 2e-5 for full and freeze, "
+                                        "1e-3 for a classification head on a frozen backbone")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0, le=1)
@@ -124,7 +140,25 @@ class RLHFSettings(_Section):
     temperature: float = Field(1.0, gt=0, le=2)
 
 
+class ClassificationSettings(_Section):
+    freeze_backbone: bool = Field(False, description="train only the new classification head on the frozen model (transfer "
+                                  "learning); sets method to freeze")
+    label_pattern: str | None = Field(None, description="chat data: a regular expression reading each example's label from its "
+                                      "final answer (its first group), e.g. 'ラベル: (\\S+)'; the text is the user's messages")
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"{value!r} is not a valid regular expression: {error}") from None
+        return value
+
+
 class TrainConfig(_Section):
+    task: Task = Field("chat", description="chat: a model that answers conversations; classification: a text classifier")
     model: str = EMBEDDED_MODEL_NAME
     method: Method = "lora"
     stage: Stage = Field("sft", description="sft, or a preference stage: dpo, orpo, kto, reward, rlhf")
@@ -138,6 +172,38 @@ class TrainConfig(_Section):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     rlhf: RLHFSettings = Field(default_factory=RLHFSettings)
+    classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classification_defaults(cls, data: Any) -> Any:
+        """A classifier starts from the embedded text encoder; a frozen backbone is method freeze."""
+        if not isinstance(data, dict) or data.get("task") != "classification":
+            return data
+        data = dict(data)
+        data.setdefault("model", ENCODER_MODEL_NAME)
+        settings = data.get("classification")
+        if isinstance(settings, dict) and settings.get("freeze_backbone") is True:
+            data.setdefault("method", "freeze")
+        return data
+
+    @model_validator(mode="after")
+    def _classification_fits(self) -> TrainConfig:
+        if self.task != "classification":
+            if self.classification != ClassificationSettings():
+                raise RecipeRuleError("classification", "is set, but the task is chat", "add task: classification, or drop the section")
+            return self
+        if self.classification.freeze_backbone and self.method != "freeze":
+            raise RecipeRuleError("classification.freeze_backbone", f"trains the head alone, but method is {self.method}",
+                                  "drop method (freeze_backbone sets it to freeze), or set freeze_backbone: false to train with full or lora")
+        if not self.classification.freeze_backbone and self.method not in ("full", "lora"):
+            raise RecipeRuleError("method", f"task classification trains with full or lora, not {self.method}",
+                                  "set method: full or lora, or classification.freeze_backbone: true to train only the head")
+        if self.stage != "sft":
+            raise RecipeRuleError("stage", f"task classification has no {self.stage} stage", "drop stage from the recipe")
+        if self.model.lower().endswith(".gguf"):
+            raise RecipeRuleError("model", "a classifier cannot start from a .gguf file", "use a model directory, a hub id or all-MiniLM-L6-v2")
+        return self
 
     @model_validator(mode="after")
     def _stage_fits_the_method(self) -> TrainConfig:
@@ -172,6 +238,8 @@ class TrainConfig(_Section):
             return self.training.learning_rate
         if self.method in ("prompt_tuning", "prefix_tuning"):
             return 3e-3  # virtual tokens start far from useful values and need larger steps
+        if self.task == "classification" and self.method == "freeze":
+            return 1e-3  # a new head on frozen features learns from scratch (the seeds' transfer-learning rate)
         adapters = self.method in ADAPTER_METHODS
         if self.stage in ("dpo", "orpo", "kto"):  # the seed's 5e-7 is for full training of 7B models; adapters need more
             return 5e-5 if adapters else 5e-7
@@ -271,6 +339,9 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
             difflib.get_close_matches(location[-1], list(section.model_fields), n=1) if section else [])
         hint = f"did you mean {'.'.join(location[:-1] + close)!r}?" if close else (
             f"known keys here: {', '.join(section.model_fields)}" if section else hint)
+    elif isinstance((error.get("ctx") or {}).get("error"), RecipeRuleError):
+        rule = error["ctx"]["error"]
+        path, message, hint, location = rule.path, rule.message, rule.hint, rule.path.split(".")
     elif kind == "missing":
         hint = "add it to the recipe, or pass it on the command line"
         if path == "data":

@@ -30,6 +30,7 @@ def train_command(
     data: Annotated[Optional[Path], typer.Option(help="Training data file (sets data.train_file).")] = None,
     val_file: Annotated[Optional[Path], typer.Option(help="Validation data file (sets data.val_file).")] = None,
     val_ratio: Annotated[Optional[float], typer.Option(help="Hold out this share of the training data for validation.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="chat (default) or classification: a text classifier with a new head.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Base model: the embedded default's name, a directory, a .gguf file or a hub id.")] = None,
     method: Annotated[Optional[str], typer.Option(help="full, freeze, lora, dora, qlora, prompt_tuning or prefix_tuning.")] = None,
     stage: Annotated[Optional[str], typer.Option(help="sft (default), or a preference stage: dpo, orpo, kto, reward, rlhf.")] = None,
@@ -45,10 +46,10 @@ def train_command(
     """Fine-tune a model on your data. Validates the recipe and the data before any model loads.
 
     Examples: `togi train --data train.jsonl` · `togi train examples/recipes/reviews-lora.yaml --set lora.r=32` ·
-    `togi train --resume runs/NAME`
+    `togi train --resume runs/NAME` · `togi train examples/recipes/reviews-classification.yaml`
     """
     overrides = list(set_values or [])
-    flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "model": model, "method": method, "stage": stage,
+    flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "task": task, "model": model, "method": method, "stage": stage,
              "output_dir": output_dir, "training.epochs": epochs, "training.max_steps": max_steps, "training.precision": precision}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     if train_on_prompt:
@@ -82,7 +83,34 @@ def _run_stage(config: TrainConfig) -> None:
     console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
 
 
+def _run_classification(config: TrainConfig) -> None:
+    from togi.train import TrainingFailed
+    from togi.train.classification import train_classifier
+    from togi.train.data import TrainingDataError
+
+    quiet_libraries()
+    with user_errors():
+        try:
+            result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+        except TrainingDataError as error:
+            render.render_findings(errors, error.findings)
+            raise fail(str(error), "fix the data, then train again", 1) from None
+        except ConfigError as error:
+            raise _render_config_error(error) from None
+        except TrainingFailed as error:
+            raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+    scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
+              if result.accuracy is not None else ", no validation split")
+    console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
+    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   try: togi predict {result.run_dir} \"some text\"",
+                  soft_wrap=True, highlight=False)
+
+
 def _run(config: TrainConfig, resume: Path | None) -> None:
+    if config.task == "classification":
+        if resume:
+            raise fail("--resume is for chat runs; a classification run starts over", "train again with a new output_dir")
+        return _run_classification(config)
     if config.stage != "sft":
         if resume:
             raise fail(f"--resume is for sft runs; stage {config.stage} starts over", "run the stage again with a new output_dir")

@@ -2,10 +2,11 @@
 
     RUN_DIR/
       config.yaml        the resolved recipe (``togi train --resume RUN_DIR`` reads it back)
-      run.json           status, data fingerprint, library versions, device and precision, chat template
-      metrics.jsonl      one record per logged step
+      run.json           status, data fingerprint, library versions, device and precision, chat template;
+                         for a classifier (task: classification) its labels in id order and the scores
+      metrics.jsonl      one record per logged step (a classifier's: eval accuracy and macro-F1 per epoch)
       loss.png           train and eval loss curves
-      data/              the exact train and validation examples used (OpenAI chat JSONL)
+      data/              the exact train and validation examples used (OpenAI chat JSONL; {text, label} rows for a classifier)
       checkpoints/       checkpoint-N directories (the last K)
       adapter/ | model/  the result: a PEFT adapter, or a full model, each with its tokenizer
       README.md          a short model card
@@ -110,12 +111,22 @@ class RunDirectory:
 
 def write_model_card(run: RunDirectory, config: TrainConfig, info: dict[str, Any]) -> None:
     result = info.get("result", {})
-    loader = (
-        "from peft import AutoPeftModelForCausalLM\n"
-        f"model = AutoPeftModelForCausalLM.from_pretrained('{run.output_dir(config)}')"
-        if config.method not in ("full", "freeze")
-        else f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('{run.output_dir(config)}')"
-    )
+    output = run.output_dir(config)
+    if config.task == "classification":
+        auto_class, arguments = "ForSequenceClassification", f", num_labels={len(info.get('labels', []))}"
+        trained = (f"A new classification head ({', '.join(info.get('head', []))}) over the labels {', '.join(info.get('labels', []))}"
+                   f"{', on the frozen model' if config.method == 'freeze' else ''}.")
+    else:
+        auto_class, arguments = "ForCausalLM", ""
+        trained = (f"The loss is taken on assistant messages only{' (and the prompt: train_on_prompt)' if config.data.train_on_prompt else ''}.\n"
+                   f"Chat template: {info.get('chat_template', 'the model’s own')}.")
+    if config.method in ("full", "freeze"):
+        loader = f"from transformers import AutoModel{auto_class}\nmodel = AutoModel{auto_class}.from_pretrained('{output}')"
+    else:
+        loader = f"from peft import AutoPeftModel{auto_class}\nmodel = AutoPeftModel{auto_class}.from_pretrained('{output}'{arguments})"
+    scores = "".join(f"| {name} | {result[key]:.4f} |\n" for key, name in (
+        ("accuracy", "validation accuracy"), ("macro_f1", "validation macro-F1"), ("majority_baseline", "majority-class baseline"))
+        if result.get(key) is not None)
     card = f"""# {run.path.name}
 
 Fine-tuned with togi {info.get('versions', {}).get('togi', '')} from **{config.model}** by **{config.method}**
@@ -128,13 +139,12 @@ on `{config.data.train_file}` ({info.get('data', {}).get('train_examples', '?')}
 | steps | {result.get('steps')} |
 | final train loss | {result.get('train_loss')} |
 | final eval loss | {result.get('eval_loss')} |
-| trainable parameters | {info.get('parameters')} |
+{scores}| trainable parameters | {info.get('parameters')} |
 | device | {info.get('device')} |
 | learning rate | {config.learning_rate:g} |
 | epochs | {config.training.epochs:g} |
 
-The loss is taken on assistant messages only{' (and the prompt: train_on_prompt)' if config.data.train_on_prompt else ''}.
-Chat template: {info.get('chat_template', 'the model’s own')}.
+{trained}
 
 ```python
 {loader}
