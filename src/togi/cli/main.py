@@ -12,6 +12,7 @@ from togi.cli.chat import chat_command
 from togi.cli.data_generation import augment_command, prefs_command
 from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
+from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
 from togi.cli.train import train_command
 
@@ -28,6 +29,7 @@ app.command("train")(train_command)
 app.add_typer(eval_app, name="eval")
 app.command("export")(export_command)
 app.command("chat")(chat_command)
+app.command("predict")(predict_command)
 app.add_typer(serve_app, name="serve")
 app.add_typer(jobs_app, name="jobs")
 
