@@ -17,7 +17,7 @@ console = Console()
 
 def predict_command(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run of task: classification.", show_default=False)],
-    texts: Annotated[Optional[list[str]], typer.Argument(metavar="[TEXT]...", help="Texts to classify.", show_default=False)] = None,
+    texts: Annotated[Optional[list[str]], typer.Argument(metavar="TEXT", help="Texts to classify.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Texts from a file: .txt (one per line), or .jsonl/.json/.csv/.tsv "
                                                                        "rows with a \"text\" field.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels of each text.")] = 1,
