@@ -253,7 +253,7 @@ def test_predict_prints_each_texts_label_and_probabilities(classifier_run, cli):
 
     outcome = cli("predict", classifier_run, "great love excellent phone", "--json", "--top-k", "3")
     row = json.loads(outcome.output)
-    assert (row["label"], [entry["label"] for entry in row["top"]][0], len(row["top"])) == ("positive", "positive", 3)
+    assert (row["label"], row["top"][0]["label"], len(row["top"])) == ("positive", "positive", 3)
     assert sum(entry["probability"] for entry in row["top"]) == pytest.approx(1.0, abs=1e-5)
 
 
