@@ -79,8 +79,8 @@ class DataSettings(_Section):
     max_length: int = Field(2048, gt=0)
     train_on_prompt: bool = False
     packing: Union[bool, Literal["auto"]] = Field(
-        "auto", description="padding-free batches: examples concatenated, never attending to each other; auto: on a GPU only "
-        "(on a CPU, length-grouped padded batches measured 1.45x faster: attention there costs the square of the row length)")
+        "auto", description="padding-free batches: examples concatenated, never attending to each other; auto: on (on a CPU "
+        "attention runs inside each example, see train/attention.py); false: padded batches")
     group_by_length: bool = True
 
     @field_validator("format")
