@@ -227,3 +227,15 @@ def test_a_tokenizer_without_a_chat_template_trains_with_the_recorded_fallback(t
     assert "fallback" in json.loads((result.run_dir / "run.json").read_text())["chat_template"]
     assert any("no chat template" in warning for warning in result.warnings)
     assert "<|im_start|>assistant" in (result.output_dir / "chat_template.jinja").read_text()  # exported with the adapter
+
+
+def test_a_run_directory_as_the_base_model_is_named_with_the_way_to_its_weights(tmp_path, tiny_model_dir, train_file):
+    from togi.models.resolve import ModelNotFound, resolve_model
+
+    config = load_config(None, [f"model={tiny_model_dir}", f"data.train_file={train_file}", f"output_dir={tmp_path / 'run'}",
+                                "training.max_steps=1", "monitoring.samples=0"])
+    run_dir = train(config).run_dir
+    with pytest.raises(ModelNotFound) as raised:
+        resolve_model(str(run_dir))
+    assert "is a togi run directory, not a model" in str(raised.value)
+    assert f"togi export {run_dir} --to merged" in raised.value.hint

@@ -57,6 +57,10 @@ def resolve_model(reference: str | None, log: Callable[[str], None] = lambda mes
             raise ModelNotFound(f"no GGUF file at {path}", "check the path")
         return ModelSource(reference, path.parent, path.name)
     if path.is_dir():
+        if (path / "run.json").is_file() and (path / "config.yaml").is_file():
+            raise ModelNotFound(f"{path} is a togi run directory, not a model",
+                                f"to train on from it, export its weights first: togi export {path} --to merged, then "
+                                f"--model {path / 'export' / 'merged'} (a full or freeze run's weights are in {path / 'model'})")
         if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
             raise ModelNotFound(f"{path} holds no tokenizer (tokenizer.json or tokenizer_config.json)",
                                 "point --model at a Hugging Face model directory saved with save_pretrained")
