@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.terminal import echo, make_console, styled
 
-console = Console(highlight=False)
+console = make_console()
 HELP_LINE = "/reset starts over, /system TEXT sets the system prompt, /exit (or Ctrl-D) quits"
 
 
@@ -52,36 +51,35 @@ def chat_command(
         pieces = []
         for piece in chat_model.stream(messages, settings):
             pieces.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+            echo(piece, end="")
+        echo("")
         history.extend([{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces).strip()}])
 
     try:
         if prompt is not None:
             answer(prompt)
             return
-        console.print(f"[bold]{chat_model.name}[/] ({chat_model.backend}). {HELP_LINE}.", soft_wrap=True)
+        console.print(styled((chat_model.name, "bold"), f" ({chat_model.backend}). {HELP_LINE}."), soft_wrap=True)
         if system_prompt:
-            console.print(f"[dim]system: {system_prompt}[/]", soft_wrap=True)
+            console.print(styled((f"system: {system_prompt}", "dim")), soft_wrap=True)
         while True:
             try:
-                text = console.input("[bold cyan]you>[/] ").strip()
+                text = console.input(styled(("you>", "bold cyan"), " ")).strip()
             except EOFError:
                 break
             if text in ("/exit", "/quit"):
                 break
             if text == "/reset":
                 history.clear()
-                console.print("[dim](conversation cleared)[/]")
+                console.print(styled(("(conversation cleared)", "dim")))
             elif text.startswith("/system"):
                 system_prompt = text[len("/system"):].strip() or None
                 history.clear()
-                console.print(f"[dim](system prompt {'set' if system_prompt else 'removed'}; conversation cleared)[/]")
+                console.print(styled((f"(system prompt {'set' if system_prompt else 'removed'}; conversation cleared)", "dim")))
             elif text:
-                console.print("[bold green]model>[/] ", end="")
+                console.print(styled(("model>", "bold green"), " "), end="")
                 answer(text)
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
+        echo("")
     finally:
         chat_model.close()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import warnings
-import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from togi.cli import render
+from togi.cli.terminal import make_console, print_json, styled
 from togi.data.augment import AugmentError
 from togi.data.examples import Dataset
 from togi.data.findings import Finding, Severity, has_errors
@@ -32,8 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 app = typer.Typer(help="Prepare and check training data: check, stats, show, convert, split, prefs, augment.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
+console = make_console()
+errors = make_console(stderr=True)
 
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
@@ -53,7 +51,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 
 def fail(message: str, hint: str, code: int = EXIT_USAGE) -> typer.Exit:
-    errors.print(f"[bold red]togi: {message}[/]  [dim](hint: {hint})[/]", soft_wrap=True, highlight=False, markup=True)
+    errors.print(styled((f"togi: {message}", "bold red"), "  ", (f"(hint: {hint})", "dim")), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -89,10 +87,6 @@ def _tokenizer(model: str | None, required: bool) -> tuple[PreTrainedTokenizerBa
                              hint=error.hint, file="-")
 
 
-def _print_json(document: dict) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
-
-
 @app.command()
 def check(
     file: FileArgument,
@@ -122,7 +116,7 @@ def check(
     findings = report.findings + ([note] if note else [])
     failed = has_errors(findings) or (strict and any(f.severity is Severity.WARNING for f in findings))
     if json_output:
-        _print_json({
+        print_json({
             "file": dataset.path, "format": dataset.format, "kind": dataset.kind.value, "ok": not failed,
             "summary": {severity.value: sum(f.severity is severity for f in findings) for severity in Severity},
             "findings": [finding.to_dict() for finding in findings],
@@ -162,14 +156,14 @@ def stats(
                                label_pattern=compile_label_pattern(label_pattern), findings=findings)
     skipped = len(dataset.raw_records) - len(dataset.examples)
     if json_output:
-        _print_json({"file": dataset.path, "format": dataset.format, "kind": dataset.kind.value,
+        print_json({"file": dataset.path, "format": dataset.format, "kind": dataset.kind.value,
                      "invalid_records": skipped, **result.to_dict()})
         return
     if note:
         errors.print(f"note: {note.message}", soft_wrap=True)
     render.render_stats(console, dataset, result)
     if skipped or has_errors(dataset.findings + findings):
-        console.print(f"[yellow]{skipped} records are invalid and not counted: run `togi data check {file}`[/]", soft_wrap=True)
+        console.print(styled((f"{skipped} records are invalid and not counted: run `togi data check {file}`", "yellow")), soft_wrap=True)
 
 
 @app.command()
@@ -198,7 +192,7 @@ def show(
                  for example in chosen]
     if json_output:
         special_ids = set(tokenizer.all_special_ids)
-        _print_json({"file": dataset.path, "examples": [
+        print_json({"file": dataset.path, "examples": [
             {"line": example.source.line, "index": example.source.index, "sequences": [
                 {"text": sequence.text, "n_tokens": sequence.length_before_truncation, "n_trained": sequence.n_trained,
                  "tokens": [{"id": token_id, "token": token, "span": [a, b], "trained": trained, "special": token_id in special_ids}

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from togi.cli import render
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags, local_chat_model
 from togi.cli.data import EXIT_FINDINGS, EncodingOption, LabelPatternOption, console, errors, fail, quiet_libraries, refuse, user_errors
+from togi.cli.terminal import styled
 from togi.data.findings import Severity, has_errors
 from togi.models.chat_client import ChatClientError
 from togi.models.embedded import EMBEDDED_MODEL_NAME
@@ -95,7 +95,7 @@ def prefs_command(
         errors.print(f"note: dropped a cut-off last line of {out} (left by an interrupted run)", soft_wrap=True, highlight=False)
     for skip in summary.skipped[:10]:
         detail = f": {skip.detail!r}" if skip.detail else ""
-        errors.print(f"[yellow]skipped[/] {escape(f'{prompts}:{skip.line}: {SKIP_REASONS[skip.reason]}{detail}')}", soft_wrap=True, highlight=False)
+        errors.print(styled(("skipped", "yellow"), f" {prompts}:{skip.line}: {SKIP_REASONS[skip.reason]}{detail}"), soft_wrap=True)
     reasons = ", ".join(f"{reason} {count}" for reason, count in summary.skipped_by_reason().items())
     console.print(f"{summary.written} pairs written to {out}" + (f" ({summary.already_done} prompts were already there)" if summary.already_done else "")
                   + f"; {len(summary.skipped)} of {summary.prompts} prompts skipped" + (f" ({reasons})" if reasons else ""), soft_wrap=True, highlight=False)

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags
 from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.terminal import make_console
 
-console = Console()
+console = make_console()
 
 
 def _parse_floors(values: list[str]) -> dict[str, float]:
@@ -69,7 +69,7 @@ def eval_command(
     for name, delta in report.deltas().items():
         better = (delta > 0) == HIGHER_IS_BETTER[name] and delta != 0
         style = "green" if better else ("red" if delta != 0 else "")
-        table.add_row(name, f"{report.tuned.metrics[name]:.4f}", f"{report.baseline.metrics[name]:.4f}", f"[{style}]{delta:+.4f}[/]" if style else f"{delta:+.4f}")
+        table.add_row(name, f"{report.tuned.metrics[name]:.4f}", f"{report.baseline.metrics[name]:.4f}", Text(f"{delta:+.4f}", style=style))
     table.add_row("latency (s)", f"{report.tuned.latency_seconds:.2f}", f"{report.baseline.latency_seconds:.2f}", "")
     table.add_row("tokens/s", f"{report.tuned.tokens_per_second:.1f}", f"{report.baseline.tokens_per_second:.1f}", "")
     console.print(table)
@@ -83,7 +83,7 @@ def eval_command(
     failures = gate_failures(report, floors, must_beat_baseline)
     if failures:
         for failure in failures:
-            console.print(f"[bold red]gate failed:[/] {failure}", soft_wrap=True, highlight=False)
+            console.print(Text.assemble(("gate failed:", "bold red"), f" {failure}"), soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -109,7 +109,7 @@ def review_command(
         console.print(Text("answer:   ", style="bold green") + Text(item.answer), soft_wrap=True)
 
     try:
-        given, complete = run_review(items, csv_path, stdin=sys.stdin, show=show, say=lambda text: console.print(text, end="", highlight=False, markup=False))
+        given, complete = run_review(items, csv_path, stdin=sys.stdin, show=show, say=lambda text: console.print(text, end=""))
     except KeyboardInterrupt:
         console.print(f"\nstopped; every score given so far is in {csv_path}. Run the same command to continue.", soft_wrap=True)
         raise typer.Exit(130) from None

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.terminal import make_console
 
-console = Console()
+console = make_console()
 TARGETS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")
 
 
@@ -110,7 +110,8 @@ def _export_onnx(source: Path, destination: Path) -> None:
 
 def _export_hub(run_dir: Path, destination: Path, repo_id: str, private: bool, upload: str, dry_run: bool,
                 hub_url: str | None, token: str | None) -> None:
-    from togi.export.hub import plan_upload, upload as upload_folder, write_hub_model_card
+    from togi.export.hub import plan_upload, write_hub_model_card
+    from togi.export.hub import upload as upload_folder
     from togi.export.merge import export_adapter, export_merged
 
     folder = (export_merged if upload == "merged" else export_adapter)(run_dir, destination)

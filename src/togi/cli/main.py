@@ -14,6 +14,7 @@ from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
 from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
+from togi.cli.terminal import echo
 from togi.cli.train import train_command
 
 app = typer.Typer(
@@ -36,7 +37,7 @@ app.add_typer(jobs_app, name="jobs")
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"togi {__version__}")
+        echo(f"togi {__version__}")
         raise typer.Exit()
 
 

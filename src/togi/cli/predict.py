@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.terminal import make_console, print_json
 
-console = Console()
+console = make_console()
 
 
 def predict_command(
@@ -44,7 +43,7 @@ def predict_command(
     predictions = classifier.predict(inputs)
     if json_lines:
         for prediction in predictions:
-            typer.echo(json.dumps(prediction.to_dict(top_k), ensure_ascii=False))
+            print_json(prediction.to_dict(top_k), indent=None)
         return
     table = Table(title=f"{run_dir}: {len(classifier.labels)} labels", title_justify="left")
     table.add_column("text", overflow="fold", ratio=3)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from togi.cli.data import fail, quiet_libraries
+from togi.cli.terminal import echo, make_console, print_json
 
-console = Console(highlight=False)
+console = make_console()
 DataDir = Annotated[Path, typer.Option(help="Where the server keeps its database, files, jobs and models.")]
 DEFAULT_DATA_DIR = Path("togi-data")
 
@@ -83,7 +82,7 @@ def create_key(
 
     if not org.replace("-", "").replace("_", "").isalnum():
         raise fail(f"--org {org!r}: use letters, digits, - and _", "for example: --org acme")
-    typer.echo(SQLiteStore(data_dir.resolve() / "togi.db").create_key(org))
+    echo(SQLiteStore(data_dir.resolve() / "togi.db").create_key(org))
 
 
 # the client side
@@ -113,7 +112,7 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _show(obj: Any) -> None:
-    typer.echo(json.dumps(obj.model_dump(exclude_none=True), ensure_ascii=False, indent=2))
+    print_json(obj.model_dump(exclude_none=True))
 
 
 @jobs_app.command("create")
@@ -152,7 +151,7 @@ def jobs_create(
 def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
     """List fine-tuning jobs, newest first."""
     for job in _call(_client(base_url, api_key).fine_tuning.jobs.list, limit=limit).data:
-        typer.echo(f"{job.id}  {job.status:<16} {job.model}  {job.fine_tuned_model or ''}")
+        echo(f"{job.id}  {job.status:<16} {job.model}  {job.fine_tuned_model or ''}")
 
 
 @jobs_app.command("get")
@@ -176,7 +175,7 @@ def jobs_events(
         for event in reversed(events):
             if event.id not in seen:
                 seen.add(event.id)
-                typer.echo(f"{time.strftime('%H:%M:%S', time.localtime(event.created_at))}  {event.level:<5} {event.message}")
+                echo(f"{time.strftime('%H:%M:%S', time.localtime(event.created_at))}  {event.level:<5} {event.message}")
         if not follow or _call(client.fine_tuning.jobs.retrieve, job_id).status in ("succeeded", "failed", "cancelled"):
             return
         time.sleep(2)

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from togi.cli import render
 from togi.cli.data import errors, fail, quiet_libraries, user_errors
+from togi.cli.terminal import make_console
 from togi.config import ConfigError, TrainConfig, load_config
 
-console = Console()
+console = make_console()
 
 
 def _render_config_error(error: ConfigError) -> typer.Exit:
@@ -77,7 +77,7 @@ def _run_stage(config: TrainConfig) -> None:
     quiet_libraries()
     with user_errors():
         try:
-            run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+            run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
         except StageDataError as error:
             raise fail(str(error), "see the stage's data formats in `togi data convert --help`", 1) from None
     console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
@@ -107,7 +107,7 @@ def _run_classification(config: TrainConfig) -> None:
 
     quiet_libraries()
     with training_errors():
-        result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+        result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True))
     scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
               if result.accuracy is not None else ", no validation split")
     console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
@@ -129,7 +129,7 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
 
     quiet_libraries()
     with training_errors():
-        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
     if result.samples:
         render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"
