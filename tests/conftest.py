@@ -62,6 +62,28 @@ def build_tokenizer(chat_template: str | None = CHATML):
     return tokenizer
 
 
+LLAMA_CPP_MISSING = "llama-cpp-python is not installed (`make setup-llama`, or pip install 'togi[llama]'; it compiles llama.cpp)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked llama_cpp are skipped, with the reason, where llama.cpp's bindings are not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return
+    for item in items:
+        if item.get_closest_marker("llama_cpp"):
+            item.add_marker(pytest.mark.skip(reason=LLAMA_CPP_MISSING))
+
+
+@pytest.fixture
+def without_llama_cpp(monkeypatch):
+    """llama.cpp's bindings as absent, as on a machine without the [llama] extra, whether or not they are installed here."""
+    from togi.export import llama_cpp
+
+    monkeypatch.setattr(llama_cpp, "available", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer()

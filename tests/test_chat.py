@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -62,10 +60,8 @@ def test_interactive_session_keeps_history_until_reset(tiny_run):
     assert "(conversation cleared)" in result.stdout and "(system prompt set; conversation cleared)" in result.stdout
 
 
-@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("backend", ["transformers", pytest.param("llama.cpp", marks=pytest.mark.llama_cpp)])
 def test_a_gguf_file_chats_with_the_template_it_carries(cli, tiny_run, backend):
-    if backend == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'togi[llama]')")
     assert cli("export", tiny_run, "--to", "gguf", "--quant", "f32", "--no-verify").exit_code == 0
     path = tiny_run / "export" / "gguf" / "model-f32.gguf"
     chat_model = load_chat_model(str(path), prefer_llama_cpp=backend == "llama.cpp")

@@ -168,18 +168,13 @@ def test_ollama_export_omits_system_when_the_training_prompts_differ(cli, tmp_pa
     assert "SYSTEM" not in modelfile and modelfile["FROM"] == "./model-q4_0.gguf"
 
 
-def test_k_quants_without_llama_cpp_say_how_to_get_it(cli, tmp_path, tiny_model_dir):
-    from togi.export import llama_cpp
-
-    if llama_cpp.available():
-        pytest.skip("llama.cpp is installed here; test_gguf_in_llama_cpp covers K-quants")
+def test_k_quants_without_llama_cpp_say_how_to_get_it(cli, tmp_path, tiny_model_dir, without_llama_cpp):
     run_dir = trained(tmp_path, tiny_model_dir, "lora")
     result = cli("export", run_dir, "--to", "gguf", "--quant", "q4_k_m")
     assert result.exit_code == 2 and "pip install 'togi[llama]'" in result.stderr
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("llama_cpp"),
-                    reason="llama-cpp-python is not installed (pip install 'togi[llama]'; it compiles llama.cpp, `make setup-llama`)")
+@pytest.mark.llama_cpp
 @pytest.mark.parametrize("quant", ["f32", "q8_0", "q4_k_m"])
 def test_gguf_in_llama_cpp_tokenizes_and_answers_like_the_merged_model(cli, tmp_path, tiny_model_dir, quant):
     run_dir = trained(tmp_path, tiny_model_dir, "lora")
@@ -269,7 +264,8 @@ def test_hub_upload_sends_the_export_and_a_model_card_to_a_hub_server(cli, tmp_p
     assert ("adapter_model.safetensors" if upload == "adapter" else "model.safetensors") in names
 
 
-def test_qwen2_gguf_with_attention_biases_round_trips_in_transformers_and_llama_cpp(tmp_path, tokenizer):
+@pytest.mark.parametrize("runtime", ["transformers", pytest.param("llama.cpp", marks=pytest.mark.llama_cpp)])
+def test_qwen2_gguf_with_attention_biases_round_trips(tmp_path, tokenizer, runtime):
     """Qwen2 is written as llama.cpp's qwen2 architecture: query/key/value biases, no rotary permutation."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -287,8 +283,9 @@ def test_qwen2_gguf_with_attention_biases_round_trips_in_transformers_and_llama_
                 projection.bias.normal_(0, 0.5)
     path = write_gguf(model, tokenizer, tmp_path / "qwen2.gguf", "f32")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": "在庫はありますか？"}], tokenize=False, add_generation_prompt=True)]
-    assert verify_gguf(model, tokenizer, path, prompts) == {"max_abs_logit_diff": 0.0, "top1_agreement": 1.0, "greedy_equal": "1/1",
-                                                           "tokenization_equal": "1/1"}
-    if llama_cpp.available():
+    if runtime == "transformers":
+        assert verify_gguf(model, tokenizer, path, prompts) == {"max_abs_logit_diff": 0.0, "top1_agreement": 1.0, "greedy_equal": "1/1",
+                                                               "tokenization_equal": "1/1"}
+    else:
         in_llama_cpp = llama_cpp.verify(model, tokenizer, path, prompts)
         assert in_llama_cpp["top1_agreement"] == 1.0 and in_llama_cpp["max_abs_logit_diff"] < 0.05
