@@ -2,7 +2,12 @@
 
 bf16 only where the hardware computes it natively: on a CPU without AVX512-BF16 or AMX, bfloat16
 matrix products run hundreds of times slower than float32 (measured: TRL's default bf16 autocast
-trains SmolLM2 LoRA at 5.6 tok/s here, float32 at 73.5 tok/s).
+trains SmolLM2 LoRA at 5.6 tok/s there, float32 at 73.5 tok/s). On a CPU with AMX, bf16 autocast runs a
+SmolLM2 training step 1.8x faster than float32.
+
+On a CPU the weights stay float32 and bf16 is mixed precision (autocast around the matrix products):
+frozen weights are saved bit for bit as they were loaded, and small updates are not rounded away, as
+they would be in pure bf16 weights. On a GPU the weights are loaded in the compute type, as usual there.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ class DevicePlan:
     reason: str
 
     @property
-    def dtype(self) -> torch.dtype:
-        return _DTYPES[self.precision]
+    def weights_dtype(self) -> torch.dtype:
+        """The type to load weights in: float32 on a CPU (bf16 there is autocast), the compute type on a GPU."""
+        return torch.float32 if self.device == "cpu" else _DTYPES[self.precision]
 
     @property
     def description(self) -> str:

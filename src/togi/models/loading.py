@@ -29,7 +29,7 @@ def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedMo
 def load_causal_lm(source: ModelSource, plan: DevicePlan, *, quantize_4bit: bool = False) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": plan.dtype, "attn_implementation": "sdpa"}
+    kwargs: dict = {"dtype": plan.weights_dtype, "attn_implementation": "sdpa"}
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -39,5 +39,5 @@ def load_causal_lm(source: ModelSource, plan: DevicePlan, *, quantize_4bit: bool
         kwargs["device_map"] = {"": 0}
     if source.gguf_file:
         model = AutoModelForCausalLM.from_pretrained(source.directory, gguf_file=source.gguf_file, **kwargs)
-        return dequantized_copy(model, plan.dtype)
+        return dequantized_copy(model, plan.weights_dtype)
     return AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)

@@ -92,9 +92,9 @@ def load_classification_run(run_dir: Path | str) -> TextClassifier:
         labels = info["labels"]
         model = AutoPeftModelForSequenceClassification.from_pretrained(
             output, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-            pad_token_id=tokenizer.pad_token_id, dtype=plan.dtype).merge_and_unload()
+            pad_token_id=tokenizer.pad_token_id, dtype=plan.weights_dtype).merge_and_unload()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(output, dtype=plan.dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(output, dtype=plan.weights_dtype)
     config = load_config(run.config_path)
     max_length = min(config.data.max_length, getattr(model.config, "max_position_embeddings", None) or config.data.max_length)
     return TextClassifier(model.to(plan.device).eval(), tokenizer, max_length, plan.device)

@@ -36,7 +36,7 @@ def load_classifier(source: ModelSource, plan: DevicePlan, labels: list[str], to
 
     model, loading = AutoModelForSequenceClassification.from_pretrained(
         source.directory, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-        dtype=plan.dtype, output_loading_info=True)
+        dtype=plan.weights_dtype, output_loading_info=True)
     head = sorted({key.rsplit(".", 1)[0] for key in loading["missing_keys"]})
     if not head:
         raise ConfigError("recipe", [ConfigIssue("model", f"{source.reference} already has a classification head",

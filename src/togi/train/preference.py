@@ -133,7 +133,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     beta = config.preference.beta
 
     if stage == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(source.directory, num_labels=1, dtype=plan.dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(source.directory, num_labels=1, dtype=plan.weights_dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
         if config.method in ("lora", "dora", "qlora"):
             settings = config.lora
