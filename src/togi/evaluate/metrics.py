@@ -18,12 +18,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+from togi.data.answer_metrics import exact_match, has_cjk, normalize_answer, rouge_l, tokenize_for_overlap  # noqa: F401  (below train/, which scores answers with them)
 from togi.data.labels import accuracy_and_macro_f1  # noqa: F401  (defined below train/, which scores classifiers with it)
-
-# Hiragana, katakana, CJK ideographs (with extension A and compatibility forms), half-width katakana, Hangul.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}_]+", re.UNICODE)
-_HAS_CJK = re.compile(rf"[{_CJK}]")
 
 # For each metric, whether a higher value is better (the deploy gate and the report's deltas use this).
 HIGHER_IS_BETTER = {
@@ -32,35 +28,8 @@ HIGHER_IS_BETTER = {
 }
 
 
-def normalize_answer(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def tokenize_for_overlap(text: str) -> list[str]:
-    """CJK characters one by one, other words whole, punctuation dropped, after NFKC and case folding."""
-    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-class _CJKTokenizer:
-    """The tokenizer interface rouge-score expects."""
-
-    def tokenize(self, text: str) -> list[str]:
-        return tokenize_for_overlap(text)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CJKTokenizer())
-    return scorer.score(reference, prediction)["rougeL"].fmeasure
-
-
 def bleu_tokenizer(references: Sequence[str]) -> str:
-    return "char" if any(_HAS_CJK.search(reference) for reference in references) else "13a"
+    return "char" if any(has_cjk(reference) for reference in references) else "13a"
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
