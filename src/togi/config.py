@@ -125,6 +125,29 @@ class MonitoringSettings(_Section):
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     samples: int = Field(3, ge=0, description="held-out prompts answered by the base and the tuned model at the end")
+    eval_metric: Literal["loss", "accuracy", "macro_f1", "exact_match", "rouge_l"] = Field(
+        "loss", description="what an evaluation judges the model by: the eval loss, or the task itself, by answering the validation "
+        "prompts greedily and scoring the answers (accuracy and macro_f1 read labels with label_pattern); early stopping and the "
+        "kept best checkpoint follow it")
+    label_pattern: str | None = Field(None, description="a regular expression reading the label from an answer (its first group), "
+                                      "e.g. 'ラベル: (\\S+)', for eval_metric accuracy or macro_f1")
+    eval_examples: int = Field(64, gt=0, description="validation examples answered at each evaluation for eval_metric")
+    eval_max_new_tokens: int | None = Field(None, gt=0, description="the answer limit for eval_metric (default: 1.5x the longest "
+                                            "reference answer)")
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _valid_label_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"{value!r} is not a valid regular expression: {error}") from None
+        return value
+
+    @property
+    def watches_the_task(self) -> bool:
+        return self.eval_metric != "loss"
 
 
 class PreferenceSettings(_Section):
@@ -203,6 +226,21 @@ class TrainConfig(_Section):
             raise RecipeRuleError("stage", f"task classification has no {self.stage} stage", "drop stage from the recipe")
         if self.model.lower().endswith(".gguf"):
             raise RecipeRuleError("model", "a classifier cannot start from a .gguf file", "use a model directory, a hub id or all-MiniLM-L6-v2")
+        return self
+
+    @model_validator(mode="after")
+    def _task_metric_fits(self) -> TrainConfig:
+        monitoring = self.monitoring
+        if monitoring.eval_metric in ("accuracy", "macro_f1") and monitoring.label_pattern is None:
+            raise RecipeRuleError("monitoring.label_pattern", f"is needed to score {monitoring.eval_metric}: it reads the label from each answer",
+                                  "for example label_pattern: 'ラベル: (\\S+)'")
+        if monitoring.watches_the_task and (self.task != "chat" or self.stage != "sft"):
+            raise RecipeRuleError("monitoring.eval_metric", f"scores generated answers, which {self.task} {self.stage} training does not give",
+                                  "drop eval_metric (a classifier reports accuracy and macro-F1 at each evaluation already)")
+        if monitoring.watches_the_task and monitoring.save_every % monitoring.eval_every:
+            raise RecipeRuleError("monitoring.save_every", f"is {monitoring.save_every}, not a multiple of eval_every ({monitoring.eval_every})",
+                                  "the best checkpoint by eval_metric is kept, so checkpoints must fall on evaluations: "
+                                  f"set save_every: {monitoring.eval_every}")
         return self
 
     @model_validator(mode="after")

@@ -69,7 +69,8 @@ class MetricsRecorder(TrainerCallback):
             self._last_time, self._last_tokens = now, tokens
         if "eval_loss" in logs:
             record.update(eval_loss=logs["eval_loss"], eval_token_accuracy=logs.get("eval_mean_token_accuracy"),
-                          eval_accuracy=logs.get("eval_accuracy"), eval_macro_f1=logs.get("eval_macro_f1"))
+                          eval_accuracy=logs.get("eval_accuracy"), eval_macro_f1=logs.get("eval_macro_f1"),
+                          eval_exact_match=logs.get("eval_exact_match"), eval_rouge_l=logs.get("eval_rouge_l"))
         record["peak_memory_mb"] = round(peak_memory_mb(), 1)
         record = {key: value for key, value in record.items() if value is not None}
         if "train_loss" in record:

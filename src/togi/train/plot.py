@@ -1,10 +1,14 @@
-"""The loss-curve PNG of a run, drawn from its metrics JSONL (train and eval loss by step)."""
+"""The loss-curve PNG of a run, drawn from its metrics JSONL: train and eval loss by step, and the task
+metric of each evaluation (accuracy, macro-F1, exact match, ROUGE-L) on a second axis from 0 to 1."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+TASK_METRICS = {"eval_accuracy": ("accuracy", "#2ca02c"), "eval_macro_f1": ("macro-F1", "#9467bd"),
+                "eval_exact_match": ("exact match", "#8c564b"), "eval_rouge_l": ("ROUGE-L", "#ff7f0e")}
 
 
 def read_metrics(metrics_path: Path) -> list[dict]:
@@ -37,8 +41,20 @@ def plot_losses(metrics_path: Path, plot_path: Path) -> None:
     axes.set_ylabel("loss")
     axes.set_title("togi training loss")
     axes.grid(alpha=0.3)
-    if train or evaluation:
-        axes.legend()
+    handles, labels = axes.get_legend_handles_labels()
+    task = {key: [(r["step"], r[key]) for r in records if key in r] for key in TASK_METRICS}
+    if any(task.values()):
+        scores = axes.twinx()
+        for key, points in task.items():
+            if points:
+                name, color = TASK_METRICS[key]
+                scores.plot(*zip(*points), label=f"eval {name}", color=color, marker="s", linewidth=1.5, linestyle="--")
+        scores.set_ylim(0, 1)
+        scores.set_ylabel("task metric")
+        more_handles, more_labels = scores.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        axes.legend(handles, labels, loc="best")
     figure.tight_layout()
     temporary = plot_path.with_name(f".{plot_path.name}.tmp.png")
     figure.savefig(temporary)

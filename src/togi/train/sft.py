@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from togi.config import ADAPTER_METHODS, TrainConfig
+from togi.data.labels import compile_label_pattern
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
@@ -25,6 +26,7 @@ from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
 from togi.train.samples import Sample, sample_generations, save_samples
+from togi.train.task_metric import TaskScorer
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
 from togi.train.sampling import SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
@@ -141,7 +143,16 @@ def train(
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.monitoring.early_stopping_patience))
 
-    trainer = _trainer_class(SFTTrainer)(
+    scorer = None
+    if config.monitoring.watches_the_task:
+        if data.val:
+            scorer = TaskScorer(data.val, tokenizer, config.monitoring.eval_metric, label_pattern=compile_label_pattern(config.monitoring.label_pattern),
+                                limit=config.monitoring.eval_examples, max_new_tokens=config.monitoring.eval_max_new_tokens,
+                                batch_size=config.training.batch_size)
+        else:
+            warn(f"monitoring.eval_metric {config.monitoring.eval_metric} is not scored: there are no validation examples (set data.val_file or data.val_ratio)")
+
+    trainer = _trainer_class(SFTTrainer, scorer, warn)(
         model=model,
         args=_trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None),
         train_dataset=train_set,
@@ -208,13 +219,29 @@ def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
                                  "start a new run instead", run.path)
 
 
-def _trainer_class(sft_trainer: type) -> type:
-    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``) and, on a CPU,
-    the LM head applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with
-    attention inside each example of a padding-free batch (``attention.py``) and fits the thread count to the
-    cores other processes leave free (``threads.py``)."""
+def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print) -> type:
+    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``), the task metric
+    scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
+    applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with attention
+    inside each example of a padding-free batch (``attention.py``) and fits the thread count to the cores other
+    processes leave free (``threads.py``)."""
 
     class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+        def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+            """The eval loss, then the task metric in the same metrics, so that the log, early stopping and
+            the best checkpoint all see it."""
+            output = super().evaluation_loop(*args, **kwargs)
+            if scorer is not None:
+                with self.autocast_smart_context_manager():
+                    scores = scorer.score(self.model)
+                prefix = kwargs.get("metric_key_prefix", "eval")
+                output.metrics.update({f"{prefix}_{name}": value for name, value in scores.metrics.items()})
+                collapse = scores.collapse()
+                if collapse:
+                    warn(f"step {self.state.global_step}: {collapse}; try a lower learning rate, more steps, or full fine-tuning "
+                         "(see benchmarks/QUALITY.md)")
+            return output
+
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length":
@@ -282,9 +309,9 @@ def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: Device
         save_strategy="steps",
         save_steps=monitoring.save_every,
         save_total_limit=monitoring.keep_checkpoints,
-        load_best_model_at_end=bool(monitoring.early_stopping_patience and has_val),
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        load_best_model_at_end=bool((monitoring.early_stopping_patience or monitoring.watches_the_task) and has_val),
+        metric_for_best_model=f"eval_{monitoring.eval_metric}",
+        greater_is_better=monitoring.watches_the_task,
         report_to=[] if monitoring.report_to == "none" else [monitoring.report_to],
         disable_tqdm=True,
         # Tokenized and truncated by togi. Padding-free batches flatten examples with position ids: transformers
