@@ -18,7 +18,7 @@ import numpy as np
 from togi.data.examples import Dataset, Example
 from togi.data.findings import Finding, Severity
 from togi.data.labels import label_of
-from togi.data.template import TokenizedChat, tokenize_example
+from togi.data.template import RenderedText, TokenizedChat, render_example, tokenize_rendered
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_EPOCHS = 3
 DEFAULT_PRICE_PER_MILLION = 3.00  # USD per 1M training tokens (gpt-4o-mini fine-tuning, seed 003)
+_BATCH_SIZE = 1000  # examples tokenized per call: fast, and bounded in memory
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,7 @@ def compute_stats(
     if tokenizer is None:
         return stats
     stats.tokenizer = tokenizer_name or getattr(tokenizer, "name_or_path", None)
-    for example in examples:
-        try:
-            sequences = tokenize_example(tokenizer, example, max_length=max_length)
-        except Exception as error:  # a template may raise on a conversation it does not support
-            if findings is not None:
-                findings.append(_template_finding(dataset.path, example, error))
-            continue
-        stats.per_example.append(_example_tokens(example, sequences))
+    stats.per_example = _token_counts(dataset, tokenizer, max_length, findings)
     per_example = stats.per_example
     stats.tokens = Summary.of([record.tokens for record in per_example])
     stats.n_over_max_length = sum(record.tokens > max_length for record in per_example)
@@ -139,6 +133,23 @@ def compute_stats(
     stats.tokens_per_epoch = sum(record.billed for record in per_example)
     stats.prompt_tokens = stats.tokens_per_epoch - stats.trained_tokens
     return stats
+
+
+def _token_counts(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, findings: list[Finding] | None) -> list[ExampleTokens]:
+    """Each example's token figures, a batch of examples per tokenizer call; examples the chat template
+    refuses are reported into ``findings``."""
+    counts = []
+    for first in range(0, len(dataset.examples), _BATCH_SIZE):
+        rendered: list[tuple[Example, list[RenderedText]]] = []
+        for example in dataset.examples[first : first + _BATCH_SIZE]:
+            try:
+                rendered.append((example, render_example(tokenizer, example)))
+            except Exception as error:  # a template may raise on a conversation it does not support
+                if findings is not None:
+                    findings.append(_template_finding(dataset.path, example, error))
+        sequences = iter(tokenize_rendered(tokenizer, [text for _, texts in rendered for text in texts], max_length=max_length))
+        counts += [_example_tokens(example, [next(sequences) for _ in texts]) for example, texts in rendered]
+    return counts
 
 
 def _example_tokens(example: Example, sequences: list[TokenizedChat]) -> ExampleTokens:

@@ -3,16 +3,27 @@
 The training engine, ``togi data show`` and ``togi data stats`` all tokenize through this module, so
 what a user inspects is exactly what the trainer sees.
 
-The assistant spans are found by rendering the conversation incrementally: the text of the messages
+A trained assistant message's span runs from the end of the generation prompt that precedes it to
+the end of the message, its end-of-turn marker included; the tokenizer's offset mapping turns
+character spans into a token mask. The spans are defined incrementally: the text of the messages
 before assistant message *i* (with the generation prompt) must be a prefix of the text through
-message *i*. The characters in between (the answer and its end-of-turn marker) are that message's
-span, and the tokenizer's offset mapping turns character spans into a token mask. This works for any
-template that renders history unchanged, with or without ``{% generation %}`` markers.
+message *i*, and the characters in between are that message's span. This works for any template
+that renders history unchanged, with or without ``{% generation %}`` markers.
+
+Rendering every prefix costs time quadratic in the conversation's length, so the spans are found
+another way first. A probe conversation, rendered once per template, shows what the template writes
+around an assistant answer: the generation prompt, anything between it and the answer, and the
+end-of-turn text after it. Where each assistant message (and nothing else) in the rendered text opens
+with that prompt and each trained answer follows as it is, the spans are read off that one render.
+Otherwise a second render with sentinel characters around each trained answer says where the answers
+lie, if the sentinels change nothing else. Only where neither holds are the prefixes rendered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import weakref
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from togi.data.examples import ChatExample, ClassificationExample, Example, KTOExample, Message, PreferenceExample
@@ -27,6 +38,9 @@ FALLBACK_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+# Unicode noncharacters, reserved for a program's internal use: real text does not hold them.
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"
 
 
 class ChatTemplateError(Exception):
@@ -49,14 +63,39 @@ def render_chat(
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = False,
 ) -> str:
+    return _render(tokenizer, [messages], tools, add_generation_prompt)[0]
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[Message]],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+) -> list[str]:
+    """What ``tokenizer.apply_chat_template(..., tokenize=False)`` renders, through the function it calls
+    itself: at half its cost per conversation (it also copies and checks the messages), which counts when
+    a data set has a hundred thousand of them."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
     template, _ = chat_template_of(tokenizer)
-    return tokenizer.apply_chat_template(
-        [message.to_template_dict() for message in messages],
+    rendered, _ = render_jinja_template(
+        [[message.to_template_dict() for message in messages] for messages in conversations],
         tools=tools,
         chat_template=template,
         add_generation_prompt=add_generation_prompt,
-        tokenize=False,
+        **tokenizer.special_tokens_map,
     )
+    return rendered
+
+
+@dataclass(frozen=True)
+class RenderedText:
+    """A text to tokenize: a rendered conversation with its trained character spans, or plain text
+    (a classifier's input: no template, the tokenizer's own special tokens, nothing trained)."""
+
+    text: str
+    spans: list[tuple[int, int]]
+    plain: bool = False
 
 
 @dataclass
@@ -80,6 +119,44 @@ class TokenizedChat:
         return self.length_before_truncation > len(self.input_ids)
 
 
+@dataclass(frozen=True)
+class _TurnText:
+    """What a template writes around an assistant answer, learned from a probe conversation: the
+    generation prompt (``prompt``), then ``lead`` up to the answer (usually nothing), then ``tail``
+    after it (its end-of-turn marker)."""
+
+    prompt: str
+    lead: str
+    tail: str
+
+
+# Per tokenizer, per template: the probe's result, or None when the template takes the prefix way only.
+_turn_texts: weakref.WeakKeyDictionary[Any, dict[str, _TurnText | None]] = weakref.WeakKeyDictionary()
+
+
+def _turn_text(tokenizer: PreTrainedTokenizerBase) -> _TurnText | None:
+    template, _ = chat_template_of(tokenizer)
+    known = _turn_texts.setdefault(tokenizer, {})
+    if template not in known:
+        known[template] = _probe_turn_text(tokenizer)
+    return known[template]
+
+
+def _probe_turn_text(tokenizer: PreTrainedTokenizerBase) -> _TurnText | None:
+    question = [Message("user", "togi")]
+    try:
+        prompt, through = _render(tokenizer, [question, question + [Message("assistant", f"{_OPEN}togi{_CLOSE}")]])
+        before = render_chat(tokenizer, question, add_generation_prompt=True)
+    except Exception:  # a template is arbitrary code; this one is left to the prefix way
+        return None
+    if not (before.startswith(prompt) and through.startswith(before)) or through.count(_OPEN) != 1 or through.count(_CLOSE) != 1:
+        return None
+    opened, closed = through.index(_OPEN), through.index(_CLOSE)
+    if opened < len(before):
+        return None
+    return _TurnText(prompt=before[len(prompt) :], lead=through[len(before) : opened], tail=through[closed + 1 :])
+
+
 def trained_char_spans(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[Message],
@@ -87,10 +164,72 @@ def trained_char_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation; return the text and the character spans of trained assistant turns."""
     full = render_chat(tokenizer, messages, tools)
+    trained = [position for position, message in enumerate(messages) if message.trained]
+    if not trained:
+        return full, []
+    turn = _turn_text(tokenizer)
+    spans = None
+    if turn is not None:
+        spans = _spans_from_openers(full, messages, turn)
+        if spans is None:
+            marked = render_chat(tokenizer, [_with_sentinels(message) for message in messages], tools)
+            spans = _spans_from_sentinels(full, marked, len(trained), turn)
+    if spans is None:
+        spans = _spans_from_prefixes(tokenizer, messages, tools, full, trained)
+    return full, spans
+
+
+def _spans_from_openers(full: str, messages: list[Message], turn: _TurnText) -> list[tuple[int, int]] | None:
+    """The spans from the text alone, where every assistant message, and nothing else, opens with the
+    generation prompt and lead, and each trained answer follows as it is, then the tail; else None."""
+    opener = turn.prompt + turn.lead
+    assistants = [message for message in messages if message.role == "assistant"]
+    if not opener or full.count(opener) != len(assistants):
+        return None
     spans = []
-    for position, message in enumerate(messages):
-        if not message.trained:
-            continue
+    answer = 0
+    for message in assistants:
+        opened = full.index(opener, answer)
+        answer = opened + len(opener)
+        if not full.startswith(message.content, answer):
+            return None
+        if message.trained:
+            end = answer + len(message.content)
+            if not full.startswith(turn.tail, end):
+                return None
+            spans.append((opened + len(turn.prompt), end + len(turn.tail)))
+    return spans
+
+
+def _spans_from_sentinels(full: str, marked: str, count: int, turn: _TurnText) -> list[tuple[int, int]] | None:
+    """The spans from a second render with sentinels around each of the ``count`` trained answers; None
+    where the sentinels changed the rendering or the text around an answer is not the probe's."""
+    if marked.count(_OPEN) != count or marked.count(_CLOSE) != count or marked.replace(_OPEN, "").replace(_CLOSE, "") != full:
+        return None
+    spans = []
+    searched = 0
+    for pair in range(count):
+        opened, closed = marked.find(_OPEN, searched), marked.find(_CLOSE, searched)
+        if not 0 <= opened < closed:
+            return None
+        start, end = opened - 2 * pair, closed - 2 * pair - 1  # where the answer lies in the text without sentinels
+        if full[start - len(turn.lead) : start] != turn.lead or full[end : end + len(turn.tail)] != turn.tail:
+            return None
+        spans.append((start - len(turn.lead), end + len(turn.tail)))
+        searched = closed + 1
+    return spans
+
+
+def _with_sentinels(message: Message) -> Message:
+    return replace(message, content=f"{_OPEN}{message.content}{_CLOSE}") if message.trained else message
+
+
+def _spans_from_prefixes(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[dict[str, Any]] | None, full: str, trained: list[int],
+) -> list[tuple[int, int]]:
+    """The spans by definition: two renders of a prefix per trained answer."""
+    spans = []
+    for position in trained:
         before = render_chat(tokenizer, messages[:position], tools, add_generation_prompt=True)
         through = render_chat(tokenizer, messages[: position + 1], tools)
         if not (through.startswith(before) and full.startswith(through)):
@@ -99,7 +238,43 @@ def trained_char_spans(
                 "so the assistant's tokens cannot be located; use --train-on-prompt, or a template that keeps history unchanged"
             )
         spans.append((len(before), len(through)))
-    return full, spans
+    return spans
+
+
+def tokenize_rendered(
+    tokenizer: PreTrainedTokenizerBase,
+    rendered: list[RenderedText],
+    *,
+    train_on_prompt: bool = False,
+    max_length: int | None = None,
+) -> list[TokenizedChat]:
+    """Tokenize many texts with their loss masks, in one call of the tokenizer per kind of text (a
+    call per text costs several times more)."""
+    sequences: list[TokenizedChat | None] = [None] * len(rendered)
+    for plain in (False, True):
+        indices = [index for index, item in enumerate(rendered) if item.plain is plain]
+        if not indices:
+            continue
+        encoding = tokenizer([rendered[index].text for index in indices], add_special_tokens=plain, return_offsets_mapping=True)
+        for index, input_ids, offsets in zip(indices, encoding["input_ids"], encoding["offset_mapping"]):
+            item = rendered[index]
+            trained = [True] * len(input_ids) if train_on_prompt and not plain else _token_mask(offsets, item.spans)
+            total = len(input_ids)
+            if max_length is not None and total > max_length:
+                input_ids, offsets, trained = input_ids[:max_length], offsets[:max_length], trained[:max_length]
+            sequences[index] = TokenizedChat(text=item.text, input_ids=list(input_ids), offsets=[tuple(pair) for pair in offsets],
+                                             trained=trained, length_before_truncation=total)
+    return sequences  # type: ignore[return-value]
+
+
+def _token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """Per token: does it start inside a span. Token offsets never decrease, so each span is a run of tokens."""
+    starts = [start for start, _ in offsets]
+    trained = [False] * len(starts)
+    for start, end in spans:
+        first, last = bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+        trained[first:last] = [True] * (last - first)
+    return trained
 
 
 def tokenize_chat(
@@ -112,28 +287,20 @@ def tokenize_chat(
 ) -> TokenizedChat:
     """Tokenize a conversation with its loss mask: assistant turns only, unless ``train_on_prompt``."""
     text, spans = trained_char_spans(tokenizer, messages, tools)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoding["input_ids"])
-    offsets = [tuple(pair) for pair in encoding["offset_mapping"]]
-    if train_on_prompt:
-        trained = [True] * len(input_ids)
-    else:
-        trained = [any(start <= token_start < end for start, end in spans) for token_start, _ in offsets]
-    total = len(input_ids)
-    if max_length is not None and total > max_length:
-        input_ids, offsets, trained = input_ids[:max_length], offsets[:max_length], trained[:max_length]
-    return TokenizedChat(text=text, input_ids=input_ids, offsets=offsets, trained=trained, length_before_truncation=total)
+    return tokenize_rendered(tokenizer, [RenderedText(text, spans)], train_on_prompt=train_on_prompt, max_length=max_length)[0]
 
 
-def tokenize_plain(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int | None = None) -> TokenizedChat:
-    """Plain text (classification inputs): no template, nothing trained at the token level."""
-    encoding = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    input_ids = list(encoding["input_ids"])
-    offsets = [tuple(pair) for pair in encoding["offset_mapping"]]
-    total = len(input_ids)
-    if max_length is not None:
-        input_ids, offsets = input_ids[:max_length], offsets[:max_length]
-    return TokenizedChat(text=text, input_ids=input_ids, offsets=offsets, trained=[False] * len(input_ids), length_before_truncation=total)
+def render_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[RenderedText]:
+    """The texts an example becomes: one, or two for a preference pair (chosen, rejected); a classifier's text as it is."""
+    if isinstance(example, ChatExample):
+        return [RenderedText(*trained_char_spans(tokenizer, example.messages, example.tools))]
+    if isinstance(example, PreferenceExample):
+        return [RenderedText(*trained_char_spans(tokenizer, example.prompt + answer, example.tools)) for answer in (example.chosen, example.rejected)]
+    if isinstance(example, KTOExample):
+        return [RenderedText(*trained_char_spans(tokenizer, example.messages))]
+    if isinstance(example, ClassificationExample):
+        return [RenderedText(example.text, [], plain=True)]
+    raise TypeError(f"not an example: {type(example).__name__}")
 
 
 def tokenize_example(
@@ -144,15 +311,4 @@ def tokenize_example(
     max_length: int | None = None,
 ) -> list[TokenizedChat]:
     """The token sequences an example becomes: one, or two for a preference pair (chosen, rejected)."""
-    if isinstance(example, ChatExample):
-        return [tokenize_chat(tokenizer, example.messages, example.tools, train_on_prompt=train_on_prompt, max_length=max_length)]
-    if isinstance(example, PreferenceExample):
-        return [
-            tokenize_chat(tokenizer, example.prompt + answer, example.tools, train_on_prompt=train_on_prompt, max_length=max_length)
-            for answer in (example.chosen, example.rejected)
-        ]
-    if isinstance(example, KTOExample):
-        return [tokenize_chat(tokenizer, example.messages, train_on_prompt=train_on_prompt, max_length=max_length)]
-    if isinstance(example, ClassificationExample):
-        return [tokenize_plain(tokenizer, example.text, max_length=max_length)]
-    raise TypeError(f"not an example: {type(example).__name__}")
+    return tokenize_rendered(tokenizer, render_example(tokenizer, example), train_on_prompt=train_on_prompt, max_length=max_length)
