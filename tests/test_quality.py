@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
+from togi.data.examples import ChatExample, Message, Source
 from togi.data.formats import load_dataset
-from togi.data.quality import find_duplicates, jaccard, normalize_text, shingles
+from togi.data.quality import comparable_text, find_duplicates, jaccard, near_duplicate_pairs, normalize_text, shingles
 
 from conftest import chat, write_jsonl
 
@@ -70,3 +71,25 @@ def test_a_near_copy_is_found_among_thousands_of_examples(tmp_path):
     found = findings_for(tmp_path, records)
     assert [(code, line) for code, line, _ in found] == [("near_duplicate", 3001)]
     assert "line 43" in found[0][2]
+
+
+def test_among_short_rows_sharing_their_words_the_index_finds_what_comparing_every_pair_finds():
+    # Short texts from a small vocabulary crowd a few LSH buckets: the work per example is capped, the result is not.
+    rng = random.Random(1)
+    words = "order ship today arrive battery charge screen return refund price 注文 発送 到着 返品 在庫".split()
+    rows = [(" ".join(rng.choices(words, k=4)) + f" {i}?", " ".join(rng.choices(words, k=4)) + ".") for i in range(800)]
+    for _ in range(100):  # near copies: one character of the answer changed
+        question, answer = rng.choice(rows)
+        cut = rng.randrange(len(answer) - 1)
+        rows.append((question, answer[:cut] + "x" + answer[cut + 1 :]))
+    examples = [ChatExample([Message("user", question), Message("assistant", answer)], Source("d.jsonl", line, line - 1))
+                for line, (question, answer) in enumerate(rows, start=1)]
+    sets = [shingles(normalize_text(comparable_text(example))) for example in examples]
+    every_pair = {}
+    for later in range(len(sets)):
+        for earlier in range(later):
+            similarity = jaccard(sets[later], sets[earlier])
+            if similarity >= 0.8 and similarity > every_pair.get(later, (0.0, -1))[0]:
+                every_pair[later] = (similarity, earlier)
+    found = {later.source.index: (similarity, earlier.source.index) for later, earlier, similarity in near_duplicate_pairs(examples, 0.8)}
+    assert len(found) > 80 and found == every_pair

@@ -4,14 +4,18 @@ Texts are compared after normalisation (NFKC, case folding, whitespace removed),
 Jaccard index of character 3-gram sets. Character shingles need no word boundaries, so this works for
 Japanese and Chinese as well as for English. Candidate pairs come from MinHash with banded LSH, so a
 large file is not compared pair by pair; every candidate is then confirmed with the exact Jaccard index.
+
+The work per example is bounded: it is compared with the few members of each of its buckets just
+before it (short texts crowd a few buckets), with each candidate once however many buckets they share,
+and only where their signatures agree on enough hashes to make the threshold reachable. A text
+identical to an earlier one after normalisation is its duplicate without any search.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
-import zlib
-from collections import defaultdict
 
 import numpy as np
 
@@ -21,14 +25,29 @@ from togi.data.findings import Finding, Severity
 SHINGLE_SIZE = 3
 NUM_PERMUTATIONS = 64
 LSH_BANDS = 16  # 16 bands x 4 rows: pairs above ~0.5 similarity very likely share a bucket
-_MAX_COMPARISONS_PER_BUCKET_MEMBER = 200  # bounds the work when many texts share a bucket
+_BUCKET_WINDOW = 16  # the members of a bucket just before an example that it is compared with
+# A candidate is confirmed only if its signature agrees on at least (threshold - margin) of the hashes:
+# for a pair at the threshold, fewer agree with a probability under 1e-4.
+_ESTIMATE_MARGIN = 0.2
+_PAIRS_PER_CHUNK = 100_000
+
+
+class _DroppedCharacters(dict):
+    """A str.translate table deleting whitespace and punctuation, filled in as characters are met."""
+
+    def __missing__(self, code: int) -> int | None:
+        char = chr(code)
+        self[code] = None if char.isspace() or unicodedata.category(char)[0] == "P" else code
+        return self[code]
+
+
+_DROPPED = _DroppedCharacters()
 
 
 def normalize_text(text: str) -> str:
     """NFKC (full-width to half-width, compatibility forms), case-folded, whitespace and punctuation
     removed: 「、」 versus 「。」 or a missing 「？」 does not make two examples different."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(char for char in folded if not char.isspace() and not unicodedata.category(char).startswith("P"))
+    return unicodedata.normalize("NFKC", text).casefold().translate(_DROPPED)
 
 
 def shingles(text: str, size: int = SHINGLE_SIZE) -> frozenset[str]:
@@ -43,9 +62,14 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+# One private-use character per role, so that who said what counts, but the roles' names add no
+# 3-grams that every example shares (with short texts those alone would make unrelated pairs look alike).
+_ROLE_MARKS = {"user": "\ue000", "assistant": "\ue001", "tool": "\ue002", "function": "\ue003"}
+
+
 def _conversation_text(messages: list[Message]) -> str:
     # System prompts are left out: a shared system prompt would make every pair look alike.
-    return "\n".join(f"{m.role}:{m.content}" for m in messages if m.role != "system")
+    return "".join(_ROLE_MARKS[m.role] + m.content for m in messages if m.role != "system")
 
 
 def comparable_text(example: Example) -> str:
@@ -64,19 +88,29 @@ def _exact_key(example: Example) -> str:
     return json.dumps([parts, getattr(example, "label", None)], ensure_ascii=False, sort_keys=True)
 
 
-class _MinHasher:
-    def __init__(self, num_permutations: int = NUM_PERMUTATIONS, seed: int = 1) -> None:
-        generator = np.random.default_rng(seed)
-        # Multiply-shift hashing: (a * x + b) mod 2**64, keeping the high 32 bits; a is odd.
-        self.a = generator.integers(1, 2**63, size=num_permutations, dtype=np.uint64) | np.uint64(1)
-        self.b = generator.integers(0, 2**63, size=num_permutations, dtype=np.uint64)
+def _minhash_signatures(texts: list[str], seed: int = 1) -> np.ndarray:
+    """One row of NUM_PERMUTATIONS MinHash values per text, over its character 3-grams, all texts at once.
 
-    def signature(self, shingle_set: frozenset[str]) -> np.ndarray:
-        values = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingle_set), dtype=np.uint64, count=len(shingle_set))
-        if values.size == 0:
-            return np.zeros(len(self.a), dtype=np.uint64)
-        hashed = (values[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
-        return hashed.min(axis=0)
+    Each 3-gram is packed exactly into one integer (21 bits per code point, 0 for "no character", so a
+    text shorter than three characters is one short gram), then hashed NUM_PERMUTATIONS ways by
+    multiply-shift ((a * x + b) mod 2**64, the high 32 bits; a odd); a text's value is the minimum over its grams.
+    """
+    generator = np.random.default_rng(seed)
+    multipliers = generator.integers(1, 2**63, size=NUM_PERMUTATIONS, dtype=np.uint64) | np.uint64(1)
+    increments = generator.integers(0, 2**63, size=NUM_PERMUTATIONS, dtype=np.uint64)
+    lengths = np.array([len(text) for text in texts], dtype=np.int64)
+    # Code points + 1, each text followed by SHINGLE_SIZE zeros, so no gram spans two texts.
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64) + 1
+    codes = np.insert(codes, np.repeat(np.cumsum(lengths), SHINGLE_SIZE), 0)
+    packed = (codes[:-2] << np.uint64(42)) | (codes[1:-1] << np.uint64(21)) | codes[2:]
+    grams_per_text = np.maximum(lengths - (SHINGLE_SIZE - 1), 1)
+    text_starts = np.cumsum(lengths + SHINGLE_SIZE) - (lengths + SHINGLE_SIZE)
+    segment_starts = np.cumsum(grams_per_text) - grams_per_text
+    grams = packed[np.repeat(text_starts - segment_starts, grams_per_text) + np.arange(grams_per_text.sum())]
+    signatures = np.empty((len(texts), NUM_PERMUTATIONS), dtype=np.uint32)
+    for column, (multiplier, increment) in enumerate(zip(multipliers, increments)):
+        signatures[:, column] = np.minimum.reduceat((grams * multiplier + increment) >> np.uint64(32), segment_starts)
+    return signatures
 
 
 def find_duplicates(dataset: Dataset, near_threshold: float = 0.8) -> list[Finding]:
@@ -114,28 +148,57 @@ def find_duplicates(dataset: Dataset, near_threshold: float = 0.8) -> list[Findi
 
 
 def near_duplicate_pairs(examples: list[Example], threshold: float) -> list[tuple[Example, Example, float]]:
-    """(later, earlier, similarity) for each example that has an earlier near-duplicate, most similar first found."""
+    """(later, earlier, similarity) for each example that has an earlier near-duplicate: the most similar one, the earliest of equals."""
     texts = [normalize_text(comparable_text(example)) for example in examples]
-    shingle_sets = [shingles(text) for text in texts]
-    hasher = _MinHasher()
-    rows = NUM_PERMUTATIONS // LSH_BANDS
-    buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
-    for position, shingle_set in enumerate(shingle_sets):
-        signature = hasher.signature(shingle_set)
-        for band in range(LSH_BANDS):
-            buckets[(band, signature[band * rows : (band + 1) * rows].tobytes())].append(position)
     best: dict[int, tuple[float, int]] = {}  # later example -> (similarity, earlier example)
     first_with_text: dict[str, int] = {}
     for position, text in enumerate(texts):  # identical after normalisation: found without LSH
         earlier = first_with_text.setdefault(text, position)
         if earlier != position:
             best[position] = (1.0, earlier)
-    for members in buckets.values():
-        for offset, later in enumerate(members[1:], start=1):
-            for earlier in members[max(0, offset - _MAX_COMPARISONS_PER_BUCKET_MEMBER) : offset]:
-                if later in best and (best[later][1] == earlier or best[later][0] == 1.0):
-                    continue
-                similarity = 1.0 if texts[later] == texts[earlier] else jaccard(shingle_sets[later], shingle_sets[earlier])
-                if similarity >= threshold and similarity > best.get(later, (0.0, -1))[0]:
-                    best[later] = (similarity, earlier)
-    return [(examples[later], examples[best[later][1]], best[later][0]) for later in sorted(best)]
+    distinct = sorted(first_with_text.values())
+    if not distinct:
+        return []
+    signatures = _minhash_signatures([texts[position] for position in distinct])
+    later, earlier = _candidate_pairs(signatures)
+    agreeing = np.zeros(len(later), dtype=np.int64)
+    for start in range(0, len(later), _PAIRS_PER_CHUNK):  # in chunks: two rows of 64 hashes per pair
+        chunk = slice(start, start + _PAIRS_PER_CHUNK)
+        agreeing[chunk] = np.count_nonzero(signatures[later[chunk]] == signatures[earlier[chunk]], axis=1)
+    likely = agreeing >= math.ceil((threshold - _ESTIMATE_MARGIN) * NUM_PERMUTATIONS)
+    shingle_sets: dict[int, frozenset[str]] = {}
+
+    def shingles_of(position: int) -> frozenset[str]:
+        if position not in shingle_sets:
+            shingle_sets[position] = shingles(texts[position])
+        return shingle_sets[position]
+
+    for later_row, earlier_row in zip(later[likely].tolist(), earlier[likely].tolist()):  # by later, then earlier
+        pair = (distinct[later_row], distinct[earlier_row])
+        similarity = jaccard(shingles_of(pair[0]), shingles_of(pair[1]))
+        if similarity >= threshold and similarity > best.get(pair[0], (0.0, -1))[0]:
+            best[pair[0]] = (similarity, pair[1])
+    return [(examples[position], examples[best[position][1]], best[position][0]) for position in sorted(best)]
+
+
+def _candidate_pairs(signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(later, earlier) row pairs, each once, that share an LSH bucket in some band, the earlier among the
+    _BUCKET_WINDOW members of that bucket just before the later."""
+    count = len(signatures)
+    rows = NUM_PERMUTATIONS // LSH_BANDS
+    # A band's rows mixed into one 64-bit key; two bands colliding by chance add a candidate, nothing more.
+    mixers = np.random.default_rng(2).integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+    pairs = np.zeros(0, dtype=np.int64)  # later * count + earlier, sorted, each once
+    for band in range(LSH_BANDS):
+        keys = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64) @ mixers
+        order = np.argsort(keys, kind="stable")  # by bucket, then by position
+        sorted_keys = keys[order]
+        found = [pairs]
+        for lag in range(1, _BUCKET_WINDOW + 1):
+            same = np.flatnonzero(sorted_keys[lag:] == sorted_keys[:-lag])
+            if not same.size:  # no bucket has more members than this
+                break
+            found.append(order[same + lag] * count + order[same])
+        pairs = np.sort(np.concatenate(found))
+        pairs = pairs[np.flatnonzero(np.diff(pairs, prepend=-1))]  # np.unique would hash: slower here
+    return pairs // count, pairs % count
