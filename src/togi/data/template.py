@@ -255,7 +255,8 @@ def tokenize_rendered(
         indices = [index for index, item in enumerate(rendered) if item.plain is plain]
         if not indices:
             continue
-        encoding = tokenizer([rendered[index].text for index in indices], add_special_tokens=plain, return_offsets_mapping=True)
+        encoding = tokenizer([rendered[index].text for index in indices], add_special_tokens=plain, return_offsets_mapping=True,
+                             return_attention_mask=False, return_token_type_ids=False)
         for index, input_ids, offsets in zip(indices, encoding["input_ids"], encoding["offset_mapping"]):
             item = rendered[index]
             trained = [True] * len(input_ids) if train_on_prompt and not plain else _token_mask(offsets, item.spans)
