@@ -129,3 +129,55 @@ def test_utf16_is_named_with_the_fix(tmp_path):
     findings = read_records(path).findings
     assert [f.code for f in findings] == ["invalid_encoding"] and "utf-16" in findings[0].hint
     assert read_records(path, encoding="utf-16").records[0].value == {"question": "質問", "answer": "回答"}
+
+
+@pytest.mark.parametrize("line,field", [
+    ('{"messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content"),
+    ('{"messages": [{"role": "user", "content": "ok", "\\udc00": 1}]}', "messages[0].\\udc00"),
+    ('{"text": "ok", "label": "\\ud83d"}', "label"),
+    ('"\\udfff"', None),
+])
+def test_a_lone_surrogate_escape_in_a_key_or_a_value_is_invalid_unicode_on_its_line(tmp_path, line, field):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"a": 1}\n' + line + '\n{"emoji": "\\ud83d\\ude00"}\n', encoding="utf-8")  # a surrogate pair is a character
+    result = read_records(path)
+    assert [(f.code, f.line, f.field) for f in result.findings] == [("invalid_unicode", 2, field)]
+    assert [record.line for record in result.records] == [1, 3] and result.records[1].value == {"emoji": "😀"}
+    str(result.findings[0]).encode("utf-8")  # the finding itself can be printed
+
+
+def test_a_lone_surrogate_in_a_json_array_element_names_the_element(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"text": "ok", "label": "a"},\n  {"text": "\\ud800", "label": "b"}\n]\n', encoding="utf-8")
+    result = read_records(path)
+    assert [(f.code, f.line, f.field) for f in result.findings] == [("invalid_unicode", 3, "text")] and len(result.records) == 1
+
+
+def test_a_bad_byte_in_a_json_array_is_reported_on_its_own_line(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_bytes(b'[\n  {"a": 1},\n  {"a": "\xff"}\n]\n')
+    [finding] = read_records(path).findings
+    assert (finding.code, finding.line) == ("invalid_encoding", 3) and "byte 10 of the line" in finding.message
+
+
+@pytest.mark.parametrize("content,line", [("[\n", 1), ('[\n  {"a": 1},\n', 2), ('[\n  {"a": 1},\n  {"a":\n', 3), ('[\n  {"a": 1},\n  {"a": 2\n\n', 3)])
+def test_a_cut_off_json_array_is_reported_on_its_last_line(tmp_path, content, line):
+    path = tmp_path / "data.json"
+    path.write_text(content, encoding="utf-8")
+    assert [(f.code, f.line) for f in read_records(path).findings] == [("invalid_json", line)]
+
+
+def test_a_trailing_comma_in_a_json_array_is_invalid_json_on_its_line(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"a": 1},\n  {"a": 2},\n]\n', encoding="utf-8")
+    result = read_records(path)
+    assert codes_and_lines(result.findings) == {("invalid_json", 3)} and "comma" in result.findings[0].message
+    assert len(result.records) == 2  # both elements are still read
+
+
+def test_a_csv_row_of_only_delimiters_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "faq.csv"
+    path.write_text("question,answer\n返品は？,できます。\n,\n\n , \n送料は？,無料です。\n", encoding="utf-8")
+    result = read_records(path)
+    assert [(f.code, f.severity, f.line) for f in result.findings] == [("empty_row", Severity.WARNING, 3), ("empty_row", Severity.WARNING, 5)]
+    assert [record.line for record in result.records] == [2, 6]

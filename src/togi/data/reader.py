@@ -2,8 +2,9 @@
 
 This is the only module that touches bytes. It knows containers (JSONL, a JSON array, CSV, TSV),
 not example shapes: ``formats.py`` turns the raw records into canonical examples. Everything that
-can go wrong with one line (bad encoding, broken JSON, a huge line, a cut-off last line) becomes a
-finding and reading goes on; only a file that cannot be opened at all raises ``DataFileError``.
+can go wrong with one line (bad encoding, broken JSON, a huge line, a cut-off last line, a lone
+surrogate that is no character) becomes a finding on that line and reading goes on; only a file that
+cannot be opened at all raises ``DataFileError``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from togi.data.findings import Finding, Severity
 # A single record larger than this is almost certainly a mistake (a whole file on one line, an
 # embedded binary); parsing it would only waste memory.
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+# A JSON escape of a UTF-16 surrogate, or a surrogate itself (only a non-UTF-8 --encoding can decode one):
+# where neither occurs, a record holds no lone surrogate and is not searched for one.
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 CONTAINERS = ("jsonl", "json", "csv", "tsv")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
@@ -121,8 +128,9 @@ def require_readable_file(path: Path) -> None:
         raise DataFileError(path, f"cannot be opened ({error.strerror})", "check the file's permissions") from error
 
 
-def _finding(path: Path, code: str, severity: Severity, message: str, hint: str, line: int | None = None) -> Finding:
-    return Finding(code=code, severity=severity, message=message, hint=hint, file=str(path), line=line)
+def _finding(path: Path, code: str, severity: Severity, message: str, hint: str, line: int | None = None,
+             field: str | None = None) -> Finding:
+    return Finding(code=code, severity=severity, message=message, hint=hint, file=str(path), line=line, field=field)
 
 
 def _reject_constant(name: str) -> Any:
@@ -140,8 +148,10 @@ def _decode(raw: bytes, encoding: str, path: Path, line: int, result: ReadResult
                 hint = "this looks like Shift_JIS (cp932): re-save as UTF-8 (iconv -f cp932 -t utf-8) or pass --encoding cp932"
             except UnicodeDecodeError:
                 pass
+        line_start = raw.rfind(b"\n", 0, error.start) + 1  # ``raw`` may be a whole file
         result.findings.append(
-            _finding(path, "invalid_encoding", Severity.ERROR, f"bytes that are not valid {encoding} (the first at byte {error.start + 1} of the line)", hint, line=line)
+            _finding(path, "invalid_encoding", Severity.ERROR, f"bytes that are not valid {encoding} (the first at byte {error.start - line_start + 1} of the line)",
+                     hint, line=line + raw.count(b"\n", 0, line_start))
         )
         return None
 
@@ -184,7 +194,7 @@ def _read_jsonl(data: bytes, encoding: str, result: ReadResult) -> None:
             is_last = number == len(lines)
             result.findings.append(_json_error_finding(path, number, error, truncated=is_last and not ends_with_newline))
             continue
-        result.records.append(RawRecord(line=number, index=len(result.records), value=value))
+        _add_record(result, number, value, text)
 
 
 def _is_single_json_object(data: bytes, encoding: str, result: ReadResult) -> bool:
@@ -230,16 +240,21 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
         counted_to = offset
         return line
 
+    content_end = len(text.rstrip(" \t\r\n"))  # a finding about the end of the file goes on its last line with content
     expecting_value = True
+    comma = None  # where the last comma between elements is
     while True:
         position = _skip_whitespace(text, position)
         if position >= len(text):
             result.findings.append(
-                _finding(path, "invalid_json", Severity.ERROR, "the JSON array is not closed with ']'", "the file looks truncated: re-export it", line=line_at(len(text)))
+                _finding(path, "invalid_json", Severity.ERROR, "the JSON array is not closed with ']'", "the file looks truncated: re-export it", line=line_at(content_end))
             )
             return
         char = text[position]
         if char == "]":
+            if expecting_value and comma is not None:
+                result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "a comma after the last element of the array",
+                                                "remove it: JSON allows none there, and other tools refuse the file", line=line_at(comma)))
             rest = text[position + 1 :].strip()
             if rest:
                 result.findings.append(
@@ -247,6 +262,7 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
                 )
             return
         if char == "," and not expecting_value:
+            comma = position
             position += 1
             expecting_value = True
             continue
@@ -254,9 +270,11 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
-            result.findings.append(
-                _finding(path, "invalid_json", Severity.ERROR, f"invalid JSON at column {error.colno}: {error.msg}", "fix this element; the rest of the array cannot be read past it", line=error.lineno)
-            )
+            if error.pos >= content_end:
+                message, hint = f"the file ends inside this element ({error.msg})", "the file looks truncated: re-export it"
+            else:
+                message, hint = f"invalid JSON at column {error.colno}: {error.msg}", "fix this element; the rest of the array cannot be read past it"
+            result.findings.append(_finding(path, "invalid_json", Severity.ERROR, message, hint, line=line_at(min(error.pos, content_end))))
             return
         except (ValueError, RecursionError) as error:
             message = "the JSON is nested too deeply to read" if isinstance(error, RecursionError) else f"invalid JSON: {error}"
@@ -265,8 +283,44 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
         if not expecting_value:
             result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "missing ',' between array elements", "separate elements with commas", line=start_line))
             return
-        result.records.append(RawRecord(line=start_line, index=len(result.records), value=value))
+        _add_record(result, start_line, value, text[position:end])
         position, expecting_value = end, False
+
+
+def _add_record(result: ReadResult, line: int, value: Any, text: str) -> None:
+    """Keep a parsed record, unless a key or string in it holds a lone surrogate (``"\\ud800"``): such
+    text cannot be encoded as UTF-8, so it can be neither tokenized nor written out again."""
+    if _MAYBE_SURROGATE.search(text):
+        where = _lone_surrogate_path(value)
+        if where is not None:
+            named = f"'{where}'" if where else "the record"
+            result.findings.append(_finding(
+                result.path, "invalid_unicode", Severity.ERROR,
+                f"{named} holds a lone UTF-16 surrogate, which is not a character: the text cannot be encoded as UTF-8",
+                "fix the \\uD800-\\uDFFF escape (a high surrogate must be followed by a low one, as in \\ud83d\\ude00) or remove it",
+                line=line, field=where or None,
+            ))
+            return
+    result.records.append(RawRecord(line=line, index=len(result.records), value=value))
+
+
+def _lone_surrogate_path(value: Any) -> str | None:
+    """The path (``messages[0].content``; ``""`` for the record itself) of the first key or string that
+    holds a lone surrogate, the surrogate written as an escape; None if there is none."""
+    pending: list[tuple[str, str, Any]] = [("", "", value)]  # (path, the key that leads there, value)
+    while pending:  # a loop, not recursion: the value may be nested as deeply as the JSON parser allows
+        path, key, item = pending.pop()
+        if _SURROGATE.search(key) or (isinstance(item, str) and _SURROGATE.search(item)):
+            return path
+        if isinstance(item, list):
+            pending += [(f"{path}[{index}]", "", element) for index, element in reversed(list(enumerate(item)))]
+        elif isinstance(item, dict):
+            pending += [(f"{path}.{_escaped(name)}" if path else _escaped(name), name, element) for name, element in reversed(item.items())]
+    return None
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _skip_whitespace(text: str, position: int) -> int:
@@ -302,6 +356,9 @@ def _read_delimited(data: bytes, encoding: str, delimiter: str, result: ReadResu
             break
         start, previous_end = previous_end + 1, reader.line_num
         if not any(cell.strip() for cell in row):
+            if len(row) > 1:  # delimiters and nothing else; a blank line is just skipped
+                result.findings.append(_finding(path, "empty_row", Severity.WARNING, "the row has no values; it is skipped",
+                                                "delete it: other tools read it as an example with empty fields", line=start))
             continue
         if header is None:
             header = [name.strip() for name in row]
@@ -321,6 +378,6 @@ def _read_delimited(data: bytes, encoding: str, delimiter: str, result: ReadResu
                 )
             )
             continue
-        result.records.append(RawRecord(line=start, index=len(result.records), value=dict(zip(header, row))))
+        _add_record(result, start, dict(zip(header, row)), "".join(row))
     if header is None and not result.findings:
         result.findings.append(_finding(path, "empty_file", Severity.ERROR, "the file has no header row", "the first row must name the columns"))
