@@ -98,8 +98,8 @@ def test_text_spelling_a_control_token_is_flagged(tmp_path, tokenizer):
 def test_a_conversation_the_chat_template_refuses_is_a_template_error(tmp_path):
     from conftest import ALTERNATING_ONLY, build_tokenizer
 
-    records = distinct_chats(10) + [{"messages": [{"role": "assistant", "content": "先に話します。"}, {"role": "user", "content": "どうぞ。"},
-                                                  {"role": "assistant", "content": "ありがとう。"}]}]
+    records = distinct_chats(10) + [{"messages": [{"role": "user", "content": "こんにちは。"}, {"role": "user", "content": "聞こえますか？"},
+                                                  {"role": "assistant", "content": "はい、聞こえます。"}]}]
     report = check(write_jsonl(tmp_path / "t.jsonl", records), build_tokenizer(ALTERNATING_ONLY))
     errors = [f for f in report.findings if f.code == "template_error"]
     assert [(f.line, f.severity) for f in errors] == [(11, Severity.ERROR)] and "alternate" in errors[0].message
@@ -117,3 +117,19 @@ def test_checking_never_modifies_the_input(tokenizer):
         before = hashlib.sha256(path.read_bytes()).hexdigest()
         check(path, tokenizer)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == before, path
+
+
+def test_a_conversation_opening_with_an_answer_to_train_on_is_a_finding_not_a_template_failure(tmp_path, tokenizer):
+    opening = [{"role": "assistant", "content": "いらっしゃいませ。"}, {"role": "user", "content": "在庫はありますか？"},
+               {"role": "assistant", "content": "はい、三点あります。"}]
+    as_context = [dict(opening[0], weight=0)] + opening[1:]
+    report = check(write_jsonl(tmp_path / "d.jsonl", distinct_chats(10) + [{"messages": opening}, {"messages": as_context}]), tokenizer)
+    [finding] = [f for f in report.findings if f.severity is Severity.ERROR]
+    assert (finding.code, finding.line, finding.field) == ("assistant_first", 11, "messages[0].role")
+    assert report.stats.n_examples == 11  # the greeting kept as context (weight 0) is fine
+
+
+def test_classification_data_with_a_single_label_cannot_train_a_classifier(tmp_path):
+    records = [{"text": f"レビュー{i}: とても良い商品でした", "label": "positive"} for i in range(50)]
+    report = check(write_jsonl(tmp_path / "c.jsonl", records), near_duplicate_threshold=1.01)
+    assert [(f.code, f.severity) for f in report.findings] == [("single_label", Severity.ERROR)]

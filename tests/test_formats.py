@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from togi.data.examples import ChatExample, ClassificationExample, ExampleKind, KTOExample, PreferenceExample
+from togi.data.findings import Severity
 from togi.data.formats import LoadOptions, detect_shape, load_dataset
 
 from conftest import BROKEN, chat, codes_and_lines, write_jsonl
@@ -179,3 +180,29 @@ def test_every_assistant_message_weighted_zero_leaves_nothing_to_train(tmp_path)
 ])
 def test_shape_detection_from_keys(record, shape):
     assert detect_shape(record) == shape
+
+
+@pytest.mark.parametrize("message,field", [
+    ({"role": "assistant", "function_call": 5}, "messages[1].function_call"),
+    ({"role": "assistant", "function_call": {"name": "stock"}}, "messages[1].function_call"),
+    ({"role": "assistant", "content": "確認します。", "tool_call_id": {"id": 1}}, "messages[1].tool_call_id"),
+])
+def test_tool_fields_of_the_wrong_type_are_findings(tmp_path, message, field):
+    record = {"messages": [{"role": "user", "content": "A1の在庫は？"}, message, {"role": "assistant", "content": "三点です。"}]}
+    dataset = load_dataset(write_jsonl(tmp_path / "d.jsonl", [record]))
+    assert [(f.code, f.line, f.field) for f in dataset.findings] == [("wrong_type", 1, field)] and not dataset.examples
+
+
+def test_a_valid_function_call_stands_in_for_the_content(tmp_path):
+    record = {"messages": [{"role": "user", "content": "A1の在庫は？"}, {"role": "assistant", "function_call": {"name": "stock", "arguments": "{}"}},
+                           {"role": "function", "name": "stock", "content": "3"}, {"role": "assistant", "content": "三点です。"}]}
+    dataset = load_dataset(write_jsonl(tmp_path / "d.jsonl", [record]))
+    assert not dataset.findings and len(dataset.examples) == 1
+
+
+def test_a_record_with_two_prompt_answer_pairs_says_which_one_is_ignored(tmp_path):
+    record = {"input": "質問です", "output": "回答です。", "prompt": "別の質問", "completion": "別の回答。"}
+    dataset = load_dataset(write_jsonl(tmp_path / "p.jsonl", [record]))
+    [finding] = dataset.findings
+    assert (finding.code, finding.severity, finding.field) == ("ambiguous_keys", Severity.WARNING, "prompt")
+    assert roles_and_contents(dataset.examples[0]) == [("user", "質問です"), ("assistant", "回答です。")]

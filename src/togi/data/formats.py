@@ -334,7 +334,10 @@ class _RecordConverter:
         tool_calls = item.get("tool_calls")
         if tool_calls is not None and not self._valid_tool_calls(tool_calls, f"{path}.tool_calls", index, role):
             ok = False
-        calls_a_tool = bool(tool_calls) or item.get("function_call") is not None
+        function_call = item.get("function_call")
+        if function_call is not None and not self._valid_function_call(function_call, f"{path}.function_call", index, role):
+            ok = False
+        calls_a_tool = bool(tool_calls) or function_call is not None
         content = self._content(item, path, index, role, calls_a_tool)
         if content is None:
             return None
@@ -346,13 +349,14 @@ class _RecordConverter:
             elif isinstance(weight, bool) or weight not in (0, 1):
                 error("invalid_weight", f"weight is {weight!r}", "weight must be 0 (not trained on) or 1", f"{path}.weight")
                 ok = False
-        name = item.get("name")
-        if name is not None and not isinstance(name, str):
-            error("wrong_type", f"'name' is {_json_type(name)}, expected a string", "make 'name' a string", f"{path}.name")
-            ok = False
+        for key in ("name", "tool_call_id"):
+            value = item.get(key)
+            if value is not None and not isinstance(value, str):
+                error("wrong_type", f"{key!r} is {_json_type(value)}, expected a string", f"make {key!r} a string", f"{path}.{key}")
+                ok = False
         if not ok:
             return None
-        return Message(role=role, content=content, weight=weight if role == "assistant" else None, name=name,
+        return Message(role=role, content=content, weight=weight if role == "assistant" else None, name=item.get("name"),
                        tool_calls=tool_calls or None, tool_call_id=item.get("tool_call_id"))
 
     def _content(self, item: dict[str, Any], path: str, index: int, role: str, calls_a_tool: bool) -> str | None:
@@ -401,6 +405,27 @@ class _RecordConverter:
                         field=path, message_index=index)
         return problem is None
 
+    def _valid_function_call(self, function_call: Any, path: str, index: int, role: str) -> bool:
+        """OpenAI's older form of a tool call: ``{"name": ..., "arguments": "{...}"}`` on an assistant message."""
+        if role != "assistant":
+            problem = "only assistant messages may call functions"
+        elif not isinstance(function_call, dict) or not isinstance(function_call.get("name"), str) \
+                or not isinstance(function_call.get("arguments"), str):
+            problem = f"'function_call' is {_json_type(function_call)}; it needs a name and arguments (a JSON string)"
+        else:
+            return True
+        self._error("wrong_type", problem, 'write {"name": "...", "arguments": "{...}"}, or use tool_calls', field=path, message_index=index)
+        return False
+
+    def _conversation(self, messages: list[Message], path: str, system: str | None = None) -> list[Message]:
+        """The messages with the system prompt added, and a finding if the first of them is an answer to train on."""
+        messages = self._with_system(messages, system)
+        if messages[0].trained:
+            self._error("assistant_first", "the conversation starts with an assistant message: there is nothing before it to answer",
+                        'start with the user\'s message (or a system prompt); to keep an opening greeting as context, give it "weight": 0',
+                        field=f"{path}[0].role", message_index=0)
+        return messages
+
     def _require_assistant(self, messages: list[Message], path: str = "messages") -> None:
         assistants = [message for message in messages if message.role == "assistant"]
         if not assistants:
@@ -446,7 +471,7 @@ class _RecordConverter:
         if messages is None:
             return None
         self._require_assistant(messages)
-        return ChatExample(messages=self._with_system(messages), source=self._source, tools=tools, parallel_tool_calls=parallel)
+        return ChatExample(messages=self._conversation(messages, "messages"), source=self._source, tools=tools, parallel_tool_calls=parallel)
 
     def _alpaca(self, row: dict[str, Any]) -> Example | None:
         instruction = self._string(row, "instruction")
@@ -469,12 +494,17 @@ class _RecordConverter:
         return ChatExample(messages=self._with_system(messages, system), source=self._source)
 
     def _pairs(self, row: dict[str, Any]) -> Example | None:
-        keys = next(((p, a) for p, a in PAIR_KEYS if p in row or a in row), PAIR_KEYS[0])
+        complete = [(p, a) for p, a in PAIR_KEYS if p in row and a in row]
+        keys = complete[0] if complete else next(((p, a) for p, a in PAIR_KEYS if p in row or a in row), PAIR_KEYS[0])
+        for ignored in complete[1:]:
+            self._error("ambiguous_keys", f"{ignored[0]!r}/{ignored[1]!r} are ignored: the record also has {keys[0]!r}/{keys[1]!r}, which are used",
+                        "keep one prompt/answer pair per record (make the other pair an example of its own)",
+                        field=ignored[0], severity=Severity.WARNING)
         pair = self._prompt_and_answer(row, *keys)
         system = self._string(row, "system", required=False)
         if pair is None:
             return None
-        return ChatExample(messages=self._with_system(pair[0] + pair[1], system), source=self._source)
+        return ChatExample(messages=self._conversation(pair[0] + pair[1], keys[0], system), source=self._source)
 
     def _preference(self, row: dict[str, Any]) -> Example | None:
         if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
@@ -484,7 +514,7 @@ class _RecordConverter:
         if chosen_pair is None or rejected is None:
             return None
         self._check_distinct(chosen_pair[1], rejected)
-        return PreferenceExample(prompt=self._with_system(chosen_pair[0]), chosen=chosen_pair[1], rejected=rejected, source=self._source)
+        return PreferenceExample(prompt=self._conversation(chosen_pair[0], "prompt"), chosen=chosen_pair[1], rejected=rejected, source=self._source)
 
     def _implicit_prompt_preference(self, row: dict[str, Any]) -> Example | None:
         """TRL's implicit prompt: chosen and rejected are whole conversations sharing their start."""
@@ -499,7 +529,8 @@ class _RecordConverter:
                         "add a 'prompt' key, or start both conversations with the same messages", field="prompt")
             return None
         self._check_distinct(chosen[shared:], rejected[shared:])
-        return PreferenceExample(prompt=self._with_system(chosen[:shared]), chosen=chosen[shared:], rejected=rejected[shared:], source=self._source)
+        return PreferenceExample(prompt=self._conversation(chosen[:shared], "chosen"), chosen=chosen[shared:], rejected=rejected[shared:],
+                                 source=self._source)
 
     def _answer_only(self, row: dict[str, Any], key: str) -> list[Message] | None:
         value = row.get(key)
@@ -531,7 +562,7 @@ class _RecordConverter:
         if prompt is None or answers[0] is None or answers[1] is None:
             return None
         self._check_distinct(answers[0], answers[1])
-        return PreferenceExample(prompt=self._with_system(prompt), chosen=answers[0], rejected=answers[1], source=self._source,
+        return PreferenceExample(prompt=self._conversation(prompt, "input.messages"), chosen=answers[0], rejected=answers[1], source=self._source,
                                  tools=conversation.get("tools"))
 
     def _kto(self, row: dict[str, Any]) -> Example | None:
@@ -545,7 +576,7 @@ class _RecordConverter:
             messages = pair[0] + pair[1] if pair else None
         if messages is None or label is None:
             return None
-        return KTOExample(messages=self._with_system(messages), label=label, source=self._source)
+        return KTOExample(messages=self._conversation(messages, "messages" if "messages" in row else "prompt"), label=label, source=self._source)
 
     def _boolean_label(self, row: dict[str, Any]) -> bool | None:
         label = row.get("label")

@@ -5,7 +5,7 @@ adds the checks that need the whole data set or the model: size, length in real 
 inputs and outputs, system-prompt consistency, label balance and duplicates. Thresholds follow
 OpenAI's rules and the seeds: fewer than 10 examples is an error and fewer than 50 a warning; an input
 under 10 characters or an output under 5 is suspicious; the largest class over 5x the smallest is
-imbalanced.
+imbalanced, and classification data with a single label cannot train a classifier at all.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def _label_findings(dataset: Dataset, options: CheckOptions) -> list[Finding]:
                 "add examples of the rare labels, or down-sample the common ones",
             ))
     elif len(counts) == 1 and dataset.kind is ExampleKind.CLASSIFICATION:
-        findings.append(_file_finding(dataset, "label_imbalance", Severity.ERROR, f"every example has the label {next(iter(counts))!r}",
-                                      "a classifier needs at least two labels"))
+        findings.append(_file_finding(dataset, "single_label", Severity.ERROR, f"every example has the label {next(iter(counts))!r}",
+                                      "a classifier needs at least two labels: add examples of another one"))
     return findings
 
 

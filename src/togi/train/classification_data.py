@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 # A small validation set may hold few examples, or one class only: those rules are for training data.
-_TRAINING_ONLY_CODES = ("too_few_examples", "label_imbalance")
+_TRAINING_ONLY_CODES = ("too_few_examples", "label_imbalance", "single_label")
 
 
 @dataclass
