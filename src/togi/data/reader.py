@@ -10,7 +10,6 @@ cannot be opened at all raises ``DataFileError``.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -341,7 +340,8 @@ def _read_delimited(data: bytes, encoding: str, delimiter: str, result: ReadResu
             text = ""
         decoded_lines.append(text)
     csv.field_size_limit(MAX_RECORD_BYTES)
-    reader = csv.reader(io.StringIO("\n".join(decoded_lines), newline=""), delimiter=delimiter)
+    # Line by line, so that line numbers count "\n" as everywhere else (the csv module also ends a line at "\r").
+    reader = csv.reader((line + "\n" for line in decoded_lines), delimiter=delimiter)
     header: list[str] | None = None
     previous_end = 0
     while True:
