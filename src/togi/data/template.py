@@ -263,8 +263,7 @@ def tokenize_rendered(
             total = len(input_ids)
             if max_length is not None and total > max_length:
                 input_ids, offsets, trained = input_ids[:max_length], offsets[:max_length], trained[:max_length]
-            sequences[index] = TokenizedChat(text=item.text, input_ids=list(input_ids), offsets=[tuple(pair) for pair in offsets],
-                                             trained=trained, length_before_truncation=total)
+            sequences[index] = TokenizedChat(text=item.text, input_ids=input_ids, offsets=offsets, trained=trained, length_before_truncation=total)
     return sequences  # type: ignore[return-value]
 
 
