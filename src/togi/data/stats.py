@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,11 +81,15 @@ class DatasetStats:
         return self.training_tokens / 1_000_000 * self.price_per_million
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("per_example")
+        # Field by field: asdict would first copy every example's record only to drop them (seconds for 100k).
+        data = {item.name: _plain(getattr(self, item.name)) for item in fields(self) if item.name != "per_example"}
         data["training_tokens"] = self.training_tokens
         data["estimated_cost"] = round(self.estimated_cost, 4)
         return data
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) else value
 
 
 def character_count(example: Example) -> int:
