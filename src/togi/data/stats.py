@@ -18,7 +18,7 @@ import numpy as np
 from togi.data.examples import Dataset, Example
 from togi.data.findings import Finding, Severity
 from togi.data.labels import label_of
-from togi.data.template import RenderedText, TokenizedChat, render_example, tokenize_rendered
+from togi.data.template import RenderedText, TokenizedChat, render_examples, tokenize_rendered
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -144,13 +144,14 @@ def _token_counts(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_leng
     refuses are reported into ``findings``."""
     counts = []
     for first in range(0, len(dataset.examples), _BATCH_SIZE):
+        batch = dataset.examples[first : first + _BATCH_SIZE]
         rendered: list[tuple[Example, list[RenderedText]]] = []
-        for example in dataset.examples[first : first + _BATCH_SIZE]:
-            try:
-                rendered.append((example, render_example(tokenizer, example)))
-            except Exception as error:  # a template may raise on a conversation it does not support
+        for example, texts in zip(batch, render_examples(tokenizer, batch)):
+            if isinstance(texts, Exception):
                 if findings is not None:
-                    findings.append(_template_finding(dataset.path, example, error))
+                    findings.append(_template_finding(dataset.path, example, texts))
+            else:
+                rendered.append((example, texts))
         sequences = iter(tokenize_rendered(tokenizer, [text for _, texts in rendered for text in texts], max_length=max_length))
         counts += [_example_tokens(example, [next(sequences) for _ in texts]) for example, texts in rendered]
     return counts

@@ -164,9 +164,15 @@ def trained_char_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation; return the text and the character spans of trained assistant turns."""
     full = render_chat(tokenizer, messages, tools)
+    return full, _trained_spans(tokenizer, messages, tools, full)
+
+
+def _trained_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[dict[str, Any]] | None, full: str,
+) -> list[tuple[int, int]]:
     trained = [position for position, message in enumerate(messages) if message.trained]
     if not trained:
-        return full, []
+        return []
     turn = _turn_text(tokenizer)
     spans = None
     if turn is not None:
@@ -176,7 +182,7 @@ def trained_char_spans(
             spans = _spans_from_sentinels(full, marked, len(trained), turn)
     if spans is None:
         spans = _spans_from_prefixes(tokenizer, messages, tools, full, trained)
-    return full, spans
+    return spans
 
 
 def _spans_from_openers(full: str, messages: list[Message], turn: _TurnText) -> list[tuple[int, int]] | None:
@@ -292,14 +298,58 @@ def tokenize_chat(
 
 def render_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[RenderedText]:
     """The texts an example becomes: one, or two for a preference pair (chosen, rejected); a classifier's text as it is."""
+    [rendered] = render_examples(tokenizer, [example])
+    if isinstance(rendered, Exception):
+        raise rendered
+    return rendered
+
+
+def render_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[list[RenderedText] | Exception]:
+    """``render_example`` of each example, or the exception its chat template raised for it."""
+    results: list[list[RenderedText] | Exception] = [
+        [RenderedText(example.text, [], plain=True)] if isinstance(example, ClassificationExample) else [] for example in examples]
+    conversations = [(position, messages, tools) for position, example in enumerate(examples)
+                     if not isinstance(example, ClassificationExample) for messages, tools in _conversations(example)]
+    texts = _render_each(tokenizer, [(messages, tools) for _, messages, tools in conversations])
+    for (position, messages, tools), text in zip(conversations, texts):
+        result = results[position]
+        if isinstance(result, Exception):
+            continue
+        if isinstance(text, Exception):
+            results[position] = text
+            continue
+        try:
+            result.append(RenderedText(text, _trained_spans(tokenizer, messages, tools, text)))
+        except Exception as error:  # ChatTemplateError, or the template refusing a prefix or the sentinels
+            results[position] = error
+    return results
+
+
+def _render_each(tokenizer: PreTrainedTokenizerBase, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]]) -> list[str | Exception]:
+    """Each conversation rendered, or the exception the template raised for it. Without tools they go
+    through the template in one call (one call each costs 40% more), unless one of them makes it raise."""
+    if all(tools is None for _, tools in conversations):
+        try:
+            return _render(tokenizer, [messages for messages, _ in conversations])  # type: ignore[return-value]
+        except Exception:  # a conversation the template refuses: rendered one by one below to tell which
+            pass
+    texts: list[str | Exception] = []
+    for messages, tools in conversations:
+        try:
+            texts.append(render_chat(tokenizer, messages, tools))
+        except Exception as error:
+            texts.append(error)
+    return texts
+
+
+def _conversations(example: Example) -> list[tuple[list[Message], list[dict[str, Any]] | None]]:
+    """The conversations (messages, tools) a chat, preference or KTO example becomes."""
     if isinstance(example, ChatExample):
-        return [RenderedText(*trained_char_spans(tokenizer, example.messages, example.tools))]
+        return [(example.messages, example.tools)]
     if isinstance(example, PreferenceExample):
-        return [RenderedText(*trained_char_spans(tokenizer, example.prompt + answer, example.tools)) for answer in (example.chosen, example.rejected)]
+        return [(example.prompt + answer, example.tools) for answer in (example.chosen, example.rejected)]
     if isinstance(example, KTOExample):
-        return [RenderedText(*trained_char_spans(tokenizer, example.messages))]
-    if isinstance(example, ClassificationExample):
-        return [RenderedText(example.text, [], plain=True)]
+        return [(example.messages, None)]
     raise TypeError(f"not an example: {type(example).__name__}")
 
 
