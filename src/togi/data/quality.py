@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from typing import Any
 
 import numpy as np
 
@@ -81,11 +82,16 @@ def comparable_text(example: Example) -> str:
     return _conversation_text(example.messages)  # type: ignore[union-attr]
 
 
-def _exact_key(example: Example) -> str:
+def _exact_key(example: Example) -> tuple[Any, ...]:
     if isinstance(example, ClassificationExample):
-        return json.dumps([example.text, example.label], ensure_ascii=False)
-    parts = [[m.to_openai_dict() for m in getattr(example, name)] for name in ("messages", "prompt", "chosen", "rejected") if hasattr(example, name)]
-    return json.dumps([parts, getattr(example, "label", None)], ensure_ascii=False, sort_keys=True)
+        return (example.text, example.label)
+    parts = tuple(tuple(_message_key(m) for m in getattr(example, name)) for name in ("messages", "prompt", "chosen", "rejected") if hasattr(example, name))
+    return (parts, getattr(example, "label", None))
+
+
+def _message_key(message: Message) -> tuple[Any, ...]:
+    calls = json.dumps(message.tool_calls, ensure_ascii=False, sort_keys=True) if message.tool_calls else None
+    return (message.role, message.content, message.weight, message.name, message.tool_call_id, calls)
 
 
 def _minhash_signatures(texts: list[str], seed: int = 1) -> np.ndarray:
@@ -123,7 +129,7 @@ def find_duplicates(dataset: Dataset, near_threshold: float = 0.8) -> list[Findi
         findings.append(Finding(code=code, severity=Severity.WARNING, message=message, hint=hint, file=dataset.path,
                                 line=example.source.line, example=example.source.index))
 
-    first_exact: dict[str, Example] = {}
+    first_exact: dict[tuple[Any, ...], Example] = {}
     first_prompt: dict[str, Example] = {}
     unique: list[Example] = []
     for example in examples:
