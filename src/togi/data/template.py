@@ -190,7 +190,7 @@ def _spans_from_openers(full: str, messages: list[Message], turn: _TurnText) -> 
     generation prompt and lead, and each trained answer follows as it is, then the tail; else None."""
     opener = turn.prompt + turn.lead
     assistants = [message for message in messages if message.role == "assistant"]
-    if not opener or full.count(opener) != len(assistants):
+    if not turn.prompt or full.count(opener) != len(assistants):
         return None
     spans = []
     answer = 0
@@ -328,7 +328,7 @@ def render_examples(tokenizer: PreTrainedTokenizerBase, examples: list[Example])
 def _render_each(tokenizer: PreTrainedTokenizerBase, conversations: list[tuple[list[Message], list[dict[str, Any]] | None]]) -> list[str | Exception]:
     """Each conversation rendered, or the exception the template raised for it. Without tools they go
     through the template in one call (one call each costs 40% more), unless one of them makes it raise."""
-    if all(tools is None for _, tools in conversations):
+    if conversations and all(tools is None for _, tools in conversations):
         try:
             return _render(tokenizer, [messages for messages, _ in conversations])  # type: ignore[return-value]
         except Exception:  # a conversation the template refuses: rendered one by one below to tell which
