@@ -136,6 +136,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one for every record: json.loads builds one per call
+
+
 def _decode(raw: bytes, encoding: str, path: Path, line: int, result: ReadResult) -> str | None:
     try:
         return raw.decode(encoding)
@@ -184,7 +187,7 @@ def _read_jsonl(data: bytes, encoding: str, result: ReadResult) -> None:
         if text is None:
             continue
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
+            value = _DECODER.decode(text)
         except RecursionError:
             result.findings.append(_finding(path, "invalid_json", Severity.ERROR, "the JSON is nested too deeply to read",
                                             "an example needs only a few levels: messages, then message objects", line=number))
@@ -229,7 +232,6 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
     text = _decode(data, encoding, path, 1, result)
     if text is None:
         return
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
     position = text.index("[") + 1
     line, counted_to = 1, 0
 
@@ -267,7 +269,7 @@ def _read_json_array(data: bytes, encoding: str, result: ReadResult) -> None:
             continue
         start_line = line_at(position)
         try:
-            value, end = decoder.raw_decode(text, position)
+            value, end = _DECODER.raw_decode(text, position)
         except json.JSONDecodeError as error:
             if error.pos >= content_end:
                 message, hint = f"the file ends inside this element ({error.msg})", "the file looks truncated: re-export it"
