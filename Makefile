@@ -36,9 +36,16 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 	touch $@
 
 # Optional: llama.cpp's Python bindings, for K-quant GGUF exports and checking GGUF files in llama.cpp.
-# pip compiles llama.cpp (about 8 minutes on 2 cores, once: pip caches the wheel). Without it those tests skip.
+# pip compiles llama.cpp (about 8 minutes on 2 cores). Without it those tests skip.
+# GGML_NATIVE=OFF builds for the portable x86-64 AVX2 baseline instead of `-march=native`: a native build
+# on CI's machine died with SIGILL (exit 132) in llama.cpp's q8_0 kernels, because the CPU advertised
+# instructions the sandbox does not let it run. --no-cache-dir keeps pip from reusing a wheel built
+# natively (pip's wheel cache does not key on CMAKE_ARGS).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 $(VENV)/.llama-installed: $(VENV)/.installed
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -e ".[llama]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.16"
+	$(PIP) install -e ".[llama]"
 	touch $@
 
 setup: $(VENV)/.installed
