@@ -85,6 +85,17 @@ def test_lora_minimal_preset_trains_only_query_and_value_projections(tmp_path, t
     assert json.loads((result.output_dir / "adapter_config.json").read_text())["r"] == 16
 
 
+def test_rslora_scales_the_update_by_alpha_over_the_square_root_of_the_rank_in_plain_peft(tmp_path, tiny_model_dir, train_file):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", "lora.rslora=true", "lora.r=64", "lora.alpha=16", steps=2)
+    assert json.loads((result.output_dir / "adapter_config.json").read_text())["use_rslora"] is True
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir)
+    scalings = {module.scaling["default"] for module in tuned.modules() if hasattr(module, "scaling") and isinstance(module.scaling, dict)}
+    assert scalings == {16 / 64**0.5}  # 2.0, where plain LoRA would scale by 16 / 64 = 0.25
+
+
 def test_full_fine_tuning_changes_every_weight_and_saves_a_plain_model(tmp_path, tiny_model_dir, train_file):
     from transformers import AutoModelForCausalLM
 

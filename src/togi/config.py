@@ -52,6 +52,8 @@ class LoraSettings(_Section):
     r: int = Field(16, gt=0, le=1024, description="rank of the update matrices")
     alpha: float = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1)
+    rslora: bool = Field(False, description="rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r, "
+                                            "so a higher rank does not shrink it")
     targets: Union[Literal["minimal", "standard", "full"], list[str]] = Field(
         "full", description="minimal (q, v), standard (q, k, v, o), full (attention + MLP), or module names"
     )

@@ -52,7 +52,7 @@ def apply_classifier_method(model: PreTrainedModel, head: list[str], config: Tra
 
         settings = config.lora
         return peft.get_peft_model(model, peft.LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias="none",
+            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_rslora=settings.rslora, bias="none",
             target_modules=lora_target_modules(model, settings.targets), modules_to_save=head, task_type=peft.TaskType.SEQ_CLS))
     for name, parameter in model.named_parameters():
         parameter.requires_grad = config.method == "full" or any(name.startswith(f"{module}.") for module in head)

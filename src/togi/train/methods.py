@@ -119,6 +119,7 @@ def apply_method(model: nn.Module, config: TrainConfig, model_dir: Path | str) -
         peft_config = peft.LoraConfig(
             r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
             target_modules=lora_target_modules(model, settings.targets), use_dora=method == "dora",
+            use_rslora=settings.rslora,
             bias="none", task_type=peft.TaskType.CAUSAL_LM,
         )
     elif method == "prompt_tuning":

@@ -138,7 +138,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
         if config.method in ("lora", "dora", "qlora"):
             settings = config.lora
             model = peft.get_peft_model(model, peft.LoraConfig(
-                r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_dora=config.method == "dora",
+                r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_dora=config.method == "dora", use_rslora=settings.rslora,
                 target_modules=lora_target_modules(model, settings.targets), task_type=peft.TaskType.SEQ_CLS))
         from trl import RewardConfig, RewardTrainer
 
