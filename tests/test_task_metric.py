@@ -49,6 +49,16 @@ def test_answers_collapsed_onto_one_label_are_named():
     assert mostly_one_in_the_data_too.collapse() is None
 
 
+def test_answers_cut_off_inside_their_label_say_the_answer_limit_is_too_small():
+    from togi.train.task_metric import TaskScores
+
+    cut = TaskScores({}, ["ネガ", "ポジティブ", "ネガ"], ["ネガティブ", "ポジティブ", "ニュートラル"], [])
+    assert cut.cut_labels(24) == ("2 of 3 validation answers end inside a label (e.g. 'ネガ'): the answer limit of 24 tokens "
+                                  "cut them off; raise monitoring.eval_max_new_tokens")
+    wrong_but_whole = TaskScores({}, ["ネガティブ", "ポジ!", None], ["ポジティブ", "ネガティブ", "ニュートラル"], [])
+    assert wrong_but_whole.cut_labels(24) is None
+
+
 def test_exact_match_and_rouge_l_score_free_answers(tokenizer):
     exact = scorer_for(tokenizer, ["良い"], metric="exact_match")
     assert exact.score_answers(["ラベル: 良い\n理由: 例。"]).metrics == {"exact_match": 1.0}
@@ -61,6 +71,7 @@ def test_exact_match_and_rouge_l_score_free_answers(tokenizer):
     (["monitoring.eval_metric=rouge_l", "monitoring.eval_every=5", "monitoring.save_every=7"], "monitoring.save_every"),
     (["monitoring.eval_metric=exact_match", "stage=dpo"], "monitoring.eval_metric"),
     (["monitoring.eval_metric=f1"], "monitoring.eval_metric"),
+    (["data.balance_labels=true"], "data.balance_labels"),
     (["monitoring.eval_metric=accuracy", "monitoring.label_pattern='ラベル: ('"], "monitoring.label_pattern"),
 ])
 def test_recipe_errors_name_the_monitoring_field(overrides, path):
@@ -87,6 +98,29 @@ def test_a_run_that_learns_one_label_is_scored_at_each_evaluation_and_warned_of_
     assert "eval_loss" in scored[-1] and "eval_macro_f1" in scored[-1]
     assert any("6 of 6 validation answers carry the label '良い' (33% of the references do)" in warning for warning in result.warnings)
     assert (result.run_dir / "loss.png").stat().st_size > 0
+
+
+def test_balanced_batches_hold_each_label_in_equal_shares_even_from_a_sorted_file(tmp_path, tiny_model_dir, tokenizer):
+    from transformers import TrainerCallback
+
+    from togi.train import train
+
+    class SeeBatches(TrainerCallback):
+        labels: list[list[str]] = []
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            for batch in train_dataloader:
+                self.labels.append(LABEL.findall(tokenizer.decode(batch["input_ids"].flatten())))
+
+    rows = [labelled(i, label) for label in ("良い", "悪い", "普通") for i in range(6)]  # sorted by label: the worst order
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    config = load_config(None, [f"model={tiny_model_dir}", f"data.train_file={train_file}", "data.val_ratio=0", f"output_dir={tmp_path / 'run'}",
+                                "training.max_steps=1", "training.batch_size=3", "training.gradient_accumulation=1", "monitoring.samples=0",
+                                "data.balance_labels=true", "monitoring.label_pattern='ラベル: (\\S+)'"])
+    messages: list[str] = []
+    train(config, log=messages.append, callbacks=[SeeBatches()])
+    assert "batches balance the labels: 悪い 6, 普通 6, 良い 6" in messages
+    assert len(SeeBatches.labels) == 6 and all(sorted(batch) == ["悪い", "普通", "良い"] for batch in SeeBatches.labels)
 
 
 def test_the_best_checkpoint_by_the_task_metric_is_the_one_kept(tmp_path, tiny_model_dir):

@@ -84,6 +84,8 @@ class DataSettings(_Section):
         "auto", description="padding-free batches: examples concatenated, never attending to each other; auto: on (on a CPU "
         "attention runs inside each example, see train/attention.py); false: padded batches")
     group_by_length: bool = True
+    balance_labels: bool = Field(False, description="batches draw the labels in turn (read with monitoring.label_pattern), so "
+                                                    "every batch holds them in equal shares; replaces group_by_length")
 
     @field_validator("format")
     @classmethod
@@ -236,6 +238,9 @@ class TrainConfig(_Section):
         if monitoring.eval_metric in ("accuracy", "macro_f1") and monitoring.label_pattern is None:
             raise RecipeRuleError("monitoring.label_pattern", f"is needed to score {monitoring.eval_metric}: it reads the label from each answer",
                                   "for example label_pattern: 'ラベル: (\\S+)'")
+        if self.data.balance_labels and monitoring.label_pattern is None:
+            raise RecipeRuleError("data.balance_labels", "needs monitoring.label_pattern to read each training example's label",
+                                  "for example monitoring.label_pattern: 'ラベル: (\\S+)'")
         if monitoring.watches_the_task and (self.task != "chat" or self.stage != "sft"):
             raise RecipeRuleError("monitoring.eval_metric", f"scores generated answers, which {self.task} {self.stage} training does not give",
                                   "drop eval_metric (a classifier reports accuracy and macro-F1 at each evaluation already)")

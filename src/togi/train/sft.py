@@ -9,13 +9,14 @@ Everything a run needs to be understood later is written to its run directory (s
 from __future__ import annotations
 
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from togi.config import ADAPTER_METHODS, TrainConfig
-from togi.data.labels import compile_label_pattern
+from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
@@ -28,7 +29,7 @@ from togi.train.methods import ParameterCount, apply_method, check_method_fits, 
 from togi.train.samples import Sample, sample_generations, save_samples
 from togi.train.task_metric import TaskScorer
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
-from togi.train.sampling import SeededLengthGroupedSampler
+from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 
 OOM_REMEDIES = (
@@ -152,7 +153,19 @@ def train(
         else:
             warn(f"monitoring.eval_metric {config.monitoring.eval_metric} is not scored: there are no validation examples (set data.val_file or data.val_ratio)")
 
-    trainer = _trainer_class(SFTTrainer, scorer, warn)(
+    train_labels = None
+    if config.data.balance_labels:
+        pattern = compile_label_pattern(config.monitoring.label_pattern)
+        train_labels = [label_of(example, pattern) for example in data.train]
+        counts = Counter(label for label in train_labels if label is not None)
+        log(f"batches balance the labels: {', '.join(f'{label} {count}' for label, count in sorted(counts.items()))}"
+            + (f"; {train_labels.count(None)} examples without a label come last in each epoch" if None in train_labels else ""))
+        if len(counts) < 2:
+            warn(f"data.balance_labels found {len(counts)} label(s) with monitoring.label_pattern in the training answers; "
+                 "batches keep the file's shuffled order")
+            train_labels = None
+
+    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels)(
         model=model,
         args=_trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None),
         train_dataset=train_set,
@@ -219,7 +232,8 @@ def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
                                  "start a new run instead", run.path)
 
 
-def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print) -> type:
+def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
+                   train_labels: list[str | None] | None = None) -> type:
     """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``), the task metric
     scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
     applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with attention
@@ -236,6 +250,10 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
                     scores = scorer.score(self.model)
                 prefix = kwargs.get("metric_key_prefix", "eval")
                 output.metrics.update({f"{prefix}_{name}": value for name, value in scores.metrics.items()})
+                cut = scores.cut_labels(scorer.max_new_tokens)
+                if cut and not getattr(self, "_cut_labels_reported", False):  # once: it repeats at every evaluation
+                    warn(f"step {self.state.global_step}: {cut}")
+                    self._cut_labels_reported = True
                 collapse = scores.collapse()
                 if collapse:
                     warn(f"step {self.state.global_step}: {collapse}; try a lower learning rate, more steps, or full fine-tuning "
@@ -244,6 +262,8 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if train_labels is not None:
+                return LabelBalancedSampler(train_labels, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]

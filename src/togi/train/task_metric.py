@@ -48,6 +48,18 @@ class TaskScores:
                 "the predictions have collapsed onto one label")
 
 
+    def cut_labels(self, max_new_tokens: int) -> str | None:
+        """A sentence when answers stop inside a label (their label is the start of a reference label and no
+        label itself): the answer limit cut them before the label ended, so they score as wrong."""
+        known = set(self.expected_labels)
+        cut = [label for label in self.predicted_labels
+               if label is not None and label not in known and any(reference.startswith(label) for reference in known)]
+        if not cut:
+            return None
+        return (f"{len(cut)} of {len(self.predicted_labels)} validation answers end inside a label (e.g. {cut[0]!r}): the answer limit "
+                f"of {max_new_tokens} tokens cut them off; raise monitoring.eval_max_new_tokens")
+
+
 class TaskScorer:
     """Scores a model on (up to ``limit``) validation examples with ``metric``."""
 
