@@ -44,15 +44,18 @@ def keyword_rows(per_class: int, seed: int = 0) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT with a WordPiece tokenizer trained on the task's words: a base model for classifiers."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is every word of the corpus, in sorted order: the same ids on every run. (tokenizers'
+    # WordPieceTrainer numbers tied words in a different order each run, so the random model, and whether
+    # a test's training reached its bar, changed from run to run.)
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    corpus = [row["text"] for row in keyword_rows(20)] + ["返品 送料 商品 最高 ひどい ラベル"]
+    words = sorted({word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    corpus = [row["text"] for row in keyword_rows(20)] + ["返品 送料 商品 最高 ひどい ラベル"] * 5
-    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special, show_progress=False))
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(special + words)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                              special_tokens=[(token, tokenizer.token_to_id(token)) for token in ("[CLS]", "[SEP]")])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
@@ -70,6 +73,12 @@ def bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def keyword_file(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("keywords") / "train.jsonl", keyword_rows(20))
+
+
+# Full training that learns the keyword task whatever the seed: at seeds 0, 1, 3 and 42, validation and
+# training accuracy 1.0, and the short texts of the predict tests right. (10 epochs at learning rate 1e-3
+# read 0.58-0.92 with the seed, and 0.67 on CI.)
+FULL_TRAINING_THAT_LEARNS = ("method=full", "training.epochs=20", "training.learning_rate=3e-3")
 
 
 def classifier_config(tmp_path: Path, model: Path, data: Path, *extra: str):
@@ -154,7 +163,7 @@ def test_every_epoch_is_scored_on_a_stratified_validation_split(tmp_path, bert_d
 
 
 def test_full_training_learns_and_predict_agrees_with_the_last_evaluation(tmp_path, bert_dir, keyword_file):
-    config = classifier_config(tmp_path, bert_dir, keyword_file, "method=full", "training.epochs=10", "training.learning_rate=1e-3")
+    config = classifier_config(tmp_path, bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS)
     result = train_classifier(config, log=lambda message: None)
     assert result.parameters.trainable == result.parameters.total
     assert result.accuracy >= 0.75 > result.majority_baseline
@@ -239,7 +248,7 @@ def test_bad_data_is_refused_with_the_file_line_and_a_hint(tmp_path, bert_dir, k
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory, bert_dir, keyword_file) -> Path:
     directory = tmp_path_factory.mktemp("classifier")
-    config = classifier_config(directory, bert_dir, keyword_file, "method=full", "training.epochs=10", "training.learning_rate=1e-3")
+    config = classifier_config(directory, bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS)
     return train_classifier(config, log=lambda message: None).run_dir
 
 
