@@ -96,6 +96,23 @@ def test_rslora_scales_the_update_by_alpha_over_the_square_root_of_the_rank_in_p
     assert scalings == {16 / 64**0.5}  # 2.0, where plain LoRA would scale by 16 / 64 = 0.25
 
 
+def test_lora_last_blocks_adapts_only_those_blocks_and_the_backward_pass_stops_there(tmp_path, tiny_model_dir, train_file, cli):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(tmp_path, tiny_model_dir, train_file, "lora", "lora.last_blocks=1", steps=4)
+    saved = load_file(result.output_dir / "adapter_model.safetensors")
+    assert saved and all(".layers.1." in key for key in saved)  # the tiny model has blocks 0 and 1
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir, is_trainable=True)
+    tuned(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    first_block = tuned.base_model.model.model.layers[0]
+    assert all(parameter.grad is None and not parameter.requires_grad for parameter in first_block.parameters())
+
+    outcome = cli("train", "--model", tiny_model_dir, "--data", train_file, "--output-dir", tmp_path / "too-many", "--set", "lora.last_blocks=3")
+    assert outcome.exit_code == 2  # a recipe error, before anything trains
+    assert "lora.last_blocks: the model has only 2 blocks" in outcome.output and "use a number from 1 to 2" in outcome.output
+
+
 def test_full_fine_tuning_changes_every_weight_and_saves_a_plain_model(tmp_path, tiny_model_dir, train_file):
     from transformers import AutoModelForCausalLM
 

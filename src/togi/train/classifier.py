@@ -23,7 +23,7 @@ from torch import nn
 from togi.config import ConfigError, ConfigIssue, TrainConfig
 from togi.models.device import DevicePlan
 from togi.models.resolve import ModelSource
-from togi.train.methods import lora_target_modules
+from togi.train.methods import lora_config
 
 if TYPE_CHECKING:
     import datasets
@@ -50,10 +50,7 @@ def apply_classifier_method(model: PreTrainedModel, head: list[str], config: Tra
     if config.method == "lora":
         import peft
 
-        settings = config.lora
-        return peft.get_peft_model(model, peft.LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_rslora=settings.rslora, bias="none",
-            target_modules=lora_target_modules(model, settings.targets), modules_to_save=head, task_type=peft.TaskType.SEQ_CLS))
+        return peft.get_peft_model(model, lora_config(model, config, peft.TaskType.SEQ_CLS, modules_to_save=head))
     for name, parameter in model.named_parameters():
         parameter.requires_grad = config.method == "full" or any(name.startswith(f"{module}.") for module in head)
     return model

@@ -9,7 +9,7 @@ projection) and MLP layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -84,6 +84,33 @@ def lora_target_modules(model: nn.Module, targets: str | list[str]) -> list[str]
     return minimal or fused or attention
 
 
+def lora_config(model: nn.Module, config: TrainConfig, task_type: str, modules_to_save: list[str] | None = None) -> Any:
+    """The PEFT ``LoraConfig`` of a recipe's lora section, for LoRA, DoRA and QLoRA alike: the target
+    preset resolved against the model, restricted to its last ``lora.last_blocks`` blocks when set."""
+    import peft
+
+    settings = config.lora
+    targets: list[str] = lora_target_modules(model, settings.targets)
+    if settings.last_blocks is not None:
+        targets = _in_last_blocks(model, targets, settings.last_blocks)
+    return peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_rslora=settings.rslora,
+                           use_dora=config.method == "dora", target_modules=targets, modules_to_save=modules_to_save,
+                           bias="none", task_type=task_type)
+
+
+def _in_last_blocks(model: nn.Module, targets: list[str], count: int) -> list[str]:
+    """The full names of the target layers inside the model's last ``count`` transformer blocks."""
+    blocks = transformer_blocks(model)
+    if count > len(blocks):
+        raise ConfigError("recipe", [ConfigIssue("lora.last_blocks", f"the model has only {len(blocks)} blocks",
+                                                 f"use a number from 1 to {len(blocks)}, or leave it out to adapt every block")])
+    kept = {id(block) for block in list(blocks)[len(blocks) - count :]}
+    prefixes = tuple(name + "." for name, module in model.named_modules() if id(module) in kept)
+    leaf_names = {target.rsplit(".", 1)[-1] for target in targets}
+    return [name for name, module in model.named_modules()
+            if _is_linear(module) and name.startswith(prefixes) and name.rsplit(".", 1)[-1] in leaf_names]
+
+
 def check_method_fits(config: TrainConfig, source: ModelSource) -> None:
     """Raise ConfigError if the method's settings do not fit the model (a LoRA target it lacks, more
     frozen blocks than it has), using a weightless skeleton so nothing heavy loads first."""
@@ -98,7 +125,7 @@ def check_method_fits(config: TrainConfig, source: ModelSource) -> None:
     if config.method == "freeze":
         _freeze_all_but(skeleton, config)
     else:
-        lora_target_modules(skeleton, config.lora.targets)
+        lora_config(skeleton, config, "CAUSAL_LM")
 
 
 def apply_method(model: nn.Module, config: TrainConfig, model_dir: Path | str) -> nn.Module:
@@ -115,13 +142,7 @@ def apply_method(model: nn.Module, config: TrainConfig, model_dir: Path | str) -
     if method in ("lora", "dora", "qlora"):
         if method == "qlora":
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing is not False)
-        settings = config.lora
-        peft_config = peft.LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-            target_modules=lora_target_modules(model, settings.targets), use_dora=method == "dora",
-            use_rslora=settings.rslora,
-            bias="none", task_type=peft.TaskType.CAUSAL_LM,
-        )
+        peft_config = lora_config(model, config, peft.TaskType.CAUSAL_LM)
     elif method == "prompt_tuning":
         settings = config.prompt_tuning
         peft_config = peft.PromptTuningConfig(

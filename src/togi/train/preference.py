@@ -31,7 +31,7 @@ from togi.models.device import plan_device
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.callbacks import MetricsRecorder
-from togi.train.methods import apply_method, count_parameters, lora_target_modules
+from togi.train.methods import apply_method, count_parameters, lora_config
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions
 
 
@@ -136,10 +136,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
         model = AutoModelForSequenceClassification.from_pretrained(source.directory, num_labels=1, dtype=plan.weights_dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
         if config.method in ("lora", "dora", "qlora"):
-            settings = config.lora
-            model = peft.get_peft_model(model, peft.LoraConfig(
-                r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, use_dora=config.method == "dora", use_rslora=settings.rslora,
-                target_modules=lora_target_modules(model, settings.targets), task_type=peft.TaskType.SEQ_CLS))
+            model = peft.get_peft_model(model, lora_config(model, config, peft.TaskType.SEQ_CLS))
         from trl import RewardConfig, RewardTrainer
 
         trainer_class, args, extra = RewardTrainer, RewardConfig(**arguments), {}
