@@ -35,7 +35,12 @@ def label_of(example: Example, pattern: re.Pattern[str] | None = None) -> str | 
         return "desirable" if example.label else "undesirable"
     if pattern is None:
         return None
-    match = pattern.search(example.final_answer)
+    return label_in(example.final_answer, pattern)
+
+
+def label_in(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The label the pattern reads in a text: its first group, or the whole match when it has none."""
+    match = pattern.search(text)
     if match is None:
         return None
     return (match.group(1) if pattern.groups else match.group(0)).strip()

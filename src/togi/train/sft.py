@@ -234,7 +234,8 @@ def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
 
 def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
                    train_labels: list[str | None] | None = None) -> type:
-    """TRL's SFTTrainer with a length-grouped order that survives resuming (see ``sampling.py``), the task metric
+    """TRL's SFTTrainer with a length-grouped order that survives resuming, or batches that take the labels in
+    turn when ``train_labels`` are given (``data.balance_labels``; both in ``sampling.py``), the task metric
     scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
     applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with attention
     inside each example of a padding-free batch (``attention.py``) and fits the thread count to the cores other
@@ -262,13 +263,13 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             if train_labels is not None:
-                return LabelBalancedSampler(train_labels, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+                return LabelBalancedSampler(train_labels, seed=seed)
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                              seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+            return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if return_outputs or not self._compact_loss_applies(model, inputs):

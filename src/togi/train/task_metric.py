@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from togi.data.answer_metrics import exact_match, rouge_l
 from togi.data.examples import ChatExample
-from togi.data.labels import accuracy_and_macro_f1
+from togi.data.labels import accuracy_and_macro_f1, label_in
 from togi.data.template import render_chat
 from togi.models.generation import answer_budget, generate_answers
 
@@ -78,10 +78,7 @@ class TaskScorer:
 
     def label(self, text: str) -> str | None:
         assert self.label_pattern is not None
-        match = self.label_pattern.search(text)
-        if match is None:
-            return None
-        return (match.group(1) if self.label_pattern.groups else match.group(0)).strip()
+        return label_in(text, self.label_pattern)
 
     def score(self, model: Any) -> TaskScores:
         padding_side, was_training = self.tokenizer.padding_side, model.training
