@@ -39,6 +39,10 @@ def test_tuned_and_base_are_scored_on_the_same_examples(tuned_run):
     assert report.deltas()["rougeL"] == pytest.approx(report.tuned.metrics["rougeL"] - report.baseline.metrics["rougeL"])
     assert report.tuned.metrics["mean_token_loss"] < report.baseline.metrics["mean_token_loss"]  # tuning lowered the loss
     assert [r["expected_label"] for r in report.tuned.records] == [str(i) for i in range(24, 30)]
+    finished = sum(not r["hit_limit"] for r in report.tuned.records)
+    assert all(r["hit_limit"] == (r["new_tokens"] >= 12) for r in report.tuned.records)
+    assert report.summary() == (f"label accuracy {report.baseline.metrics['accuracy']:.2f} (base) → {report.tuned.metrics['accuracy']:.2f} "
+                                f"(tuned) on 6 held-out examples; {finished} of 6 tuned answers ended before the length limit")
 
 
 def test_deploy_gate_names_the_metric_and_the_margin():
@@ -59,6 +63,7 @@ def test_cli_writes_the_report_and_fails_the_gate_with_exit_1(cli, tuned_run, tm
     result = cli("eval", run_dir, "--data", test_file, "--max-new-tokens", "8", "--out", tmp_path, "--fail-below", "exact_match=0.99")
     assert result.exit_code == 1
     assert "gate failed: exact_match is 0, below the required 0.99 by 0.99" in result.stdout
+    assert "ROUGE-L" in result.stdout and "(base) →" in result.stdout  # no labels: the summary speaks of ROUGE-L
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["n_examples"] == 6 and set(report["deltas"]) == set(report["tuned"]["metrics"])
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]

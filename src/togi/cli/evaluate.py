@@ -73,6 +73,7 @@ def eval_command(
     table.add_row("latency (s)", f"{report.tuned.latency_seconds:.2f}", f"{report.baseline.latency_seconds:.2f}", "")
     table.add_row("tokens/s", f"{report.tuned.tokens_per_second:.1f}", f"{report.baseline.tokens_per_second:.1f}", "")
     console.print(table)
+    console.print(Text(report.summary(), style="bold"), soft_wrap=True)
     if report.judge:
         judged = report.judge
         console.print(f"judge ({judged['judge']}, both orders): {judged['wins']} wins, {judged['ties']} ties, {judged['losses']} losses, "

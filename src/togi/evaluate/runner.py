@@ -68,6 +68,18 @@ class EvalReport:
     def deltas(self) -> dict[str, float]:
         return {name: self.tuned.metrics[name] - self.baseline.metrics[name] for name in self.tuned.metrics if name in self.baseline.metrics}
 
+    def summary(self) -> str:
+        """In words, what tuning changed: the label accuracy (or else ROUGE-L) of the baseline and the tuned
+        model, and how many tuned answers ended on their own rather than at the length limit."""
+        metric = next((name for name in ("accuracy", "rougeL") if name in self.tuned.metrics), None)
+        finished = sum(not record.get("hit_limit", False) for record in self.tuned.records)
+        words = f"{finished} of {self.n_examples} tuned answers ended before the length limit"
+        if metric is None:
+            return words
+        label = "label accuracy" if metric == "accuracy" else "ROUGE-L"
+        return (f"{label} {self.baseline.metrics.get(metric, 0.0):.2f} ({self.baseline.name}) → {self.tuned.metrics[metric]:.2f} (tuned) "
+                f"on {self.n_examples} held-out examples; {words}")
+
     def to_dict(self) -> dict[str, Any]:
         def scores(side: ModelScores) -> dict[str, Any]:
             return {"name": side.name, "metrics": side.metrics, "latency_seconds": side.latency_seconds, "tokens_per_second": side.tokens_per_second}
@@ -129,7 +141,7 @@ def score_model(name: str, model: Any, tokenizer: Any, examples: list[ChatExampl
         record = {"index": example.source.index, "line": example.source.line, "input": example.prompt_messages[-1].content,
                   "reference": reference, "prediction": answer.text, "exact_match": metrics.exact_match(answer.text, reference),
                   "rougeL": round(metrics.rouge_l(answer.text, reference), 6), "answer_loss": round(loss / max(count, 1), 6),
-                  "latency_seconds": round(answer.seconds, 4), "new_tokens": answer.new_tokens}
+                  "latency_seconds": round(answer.seconds, 4), "new_tokens": answer.new_tokens, "hit_limit": answer.new_tokens >= budget}
         if extractor is not None:
             record.update(expected_label=extractor(reference), predicted_label=extractor(answer.text))
         records.append(record)
