@@ -107,6 +107,21 @@ def test_method_settings_that_do_not_fit_the_model_fail_before_it_loads(tmp_path
     assert "only 2 blocks" in issues(caught.value)["freeze.trainable_blocks"][0]
 
 
+def test_an_unquoted_label_pattern_read_as_a_mapping_says_to_quote_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  train_file: x.jsonl\nmonitoring:\n  label_pattern: ラベル: (\\S+)\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(recipe)
+    [issue] = caught.value.issues
+    assert (issue.path, issue.line) == ("recipe", 4)
+    assert "mapping values are not allowed" in issue.message and "must be quoted, e.g. label_pattern: 'ラベル: (\\S+)'" in issue.hint
+    with pytest.raises(ConfigError) as caught:  # on the command line YAML reads it as {ラベル: (\S+)}
+        load_config(None, ["data.train_file=x.jsonl", "monitoring.label_pattern=ラベル: (\\S+)"])
+    [issue] = caught.value.issues
+    assert issue.path == "monitoring.label_pattern" and "as a mapping" in issue.message
+    assert "--set \"monitoring.label_pattern='ラベル: (\\S+)'\"" in issue.hint
+
+
 def test_cli_reports_every_recipe_problem_and_exits_2(cli, tmp_path):
     result = cli("train", "--data", tmp_path / "x.jsonl", "--set", "lora.rr=3", "--set", "training.batch_size=0")
     assert result.exit_code == 2

@@ -352,9 +352,11 @@ def load_config(path: Path | str | None = None, overrides: list[str] = (), base:
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            raise ConfigError(source, [ConfigIssue("recipe", f"invalid YAML: {getattr(error, 'problem', error)}",
-                                                   "check indentation and quoting", line=mark.line + 1 if mark else None)]) from None
+            mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", error)
+            hint = "check indentation and quoting"
+            if problem == "mapping values are not allowed here":
+                hint = "a value with ': ' inside must be quoted, e.g. label_pattern: 'ラベル: (\\S+)'"
+            raise ConfigError(source, [ConfigIssue("recipe", f"invalid YAML: {problem}", hint, line=mark.line + 1 if mark else None)]) from None
         if not isinstance(loaded, dict):
             raise ConfigError(source, [ConfigIssue("recipe", "the recipe must be a mapping of keys to values", "see examples/recipes/")])
         data = _merge(data, loaded)
@@ -401,6 +403,11 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
         hint = f"set {path} to a number {_BOUNDS[kind]} {limit}"
     elif kind.startswith("literal_error"):
         hint = "use one of the values listed"
+    elif kind == "string_type" and isinstance(error.get("input"), dict) and len(error["input"]) == 1:
+        # YAML reads an unquoted `a: b` as a mapping; label patterns such as ラベル: (\S+) meet this first
+        key, value = next(iter(error["input"].items()))
+        message = f"YAML read {key}: {value} as a mapping, because of the ': ' inside it"
+        hint = f"quote the value: {location[-1]}: '{key}: {value}' in a recipe, or --set \"{path}='{key}: {value}'\""
     elif kind.endswith(("_type", "_parsing")):
         hint = f"check the type of {path}: {message.lower()}"
     if path == "recipe" and "qlora" in message:
