@@ -62,7 +62,7 @@ demo: setup
 	rm -rf runs/demo-lora
 	$(BIN)/togi train examples/recipes/reviews-lora.yaml
 	$(BIN)/togi eval runs/demo-lora --data $(DEMO_OUT)/reviews.test.jsonl --label-pattern '$(DEMO_LABELS)' \
-		-n 12 --batch-size 12
+		--batch-size 12
 	$(BIN)/togi export runs/demo-lora --to ollama --quant q8_0
 	$(BIN)/togi chat runs/demo-lora/export/ollama/model-q8_0.gguf --max-new-tokens 40 \
 		-p "音はとても良いのですが、二日でバッテリーが切れました。"
