@@ -58,10 +58,11 @@ def chat(shape: str = "full", **sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def classifier(model: str, method: str, **training: Any) -> dict[str, Any]:
-    recipe = {"task": "classification", "model": model, "method": "lora" if method == "lora" else "full",
-              "data": {"max_length": 256}, "classification": {"freeze_backbone": method == "freeze"},
+    recipe = {"task": "classification", "model": model, "data": {"max_length": 256}, "classification": {"freeze_backbone": method == "freeze"},
               "training": {"batch_size": 16, "gradient_accumulation": 1, "seed": 42, **training},
               "monitoring": {"eval_every": 1000, "save_every": 1000}}
+    if method != "freeze":  # freeze_backbone sets the method itself
+        recipe["method"] = method
     return {"kind": "classification", "recipe": recipe}
 
 
