@@ -67,8 +67,10 @@ demo: setup
 	$(BIN)/togi chat runs/demo-lora/export/ollama/model-q8_0.gguf --max-new-tokens 40 \
 		-p "音はとても良いのですが、二日でバッテリーが切れました。"
 
+# A worker per core, a test file each at a time (module fixtures stay in one process): many tests wait on
+# server and training processes, so on 2 cores this takes about 80% of the time of one process.
 test: setup-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

@@ -65,10 +65,23 @@ def build_tokenizer(chat_template: str | None = CHATML):
 LLAMA_CPP_MISSING = "llama-cpp-python is not installed (`make setup-llama`, or pip install 'togi[llama]'; it compiles llama.cpp)"
 
 
+# The modules that take longest (mostly starting servers and training processes), in that order. `make test`
+# runs the files on two workers (pytest-xdist, --dist loadfile); starting with these keeps one long file
+# from running alone at the end while the other worker idles.
+LONGEST_MODULES = ("test_serve.py", "test_export_embedded.py", "test_train.py", "test_prefs.py", "test_augment.py",
+                   "test_classification.py", "test_export.py", "test_embedded_model.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked llama_cpp are skipped, with the reason, where llama.cpp's bindings are not installed."""
+    """The longest modules first (see LONGEST_MODULES); tests marked llama_cpp are skipped, with the reason, where
+    llama.cpp's bindings are not installed."""
     import importlib.util
 
+    def weight(item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=weight)  # stable: the tests of a module keep their order
     if importlib.util.find_spec("llama_cpp") is not None:
         return
     for item in items:
