@@ -46,6 +46,8 @@ def serve(
                                                        "The embedded default is always served.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Jobs that train at the same time.")] = 1,
     max_file_mb: Annotated[int, typer.Option(min=1, help="Largest file upload accepted, in MB (larger: 413).")] = 512,
+    max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 16,
+    max_waiting: Annotated[int, typer.Option(min=1, help="Chat requests that may wait per base model; beyond them: 429.")] = 64,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.
 
@@ -66,7 +68,8 @@ def serve(
     if not store.has_keys():
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
-    app = create_app(data_dir, models, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store)
+    app = create_app(data_dir, models, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
+                     max_waiting=max_waiting)
     console.print(f"togi serve: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  data: {data_dir.resolve()}  "
                   f"base models: {', '.join(models)}", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

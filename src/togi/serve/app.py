@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -19,10 +20,11 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from togi.serve.files import FileTooLarge, file_path, store_stream
-from togi.serve.inference import Completion, CompletionRequest, ModelPool
+from togi.serve.inference import Completion, CompletionRequest, GenerationFailed, ModelPool, ServerBusy
 from togi.serve.jobs import TERMINAL, add_event, fine_tuned_model_name
 from togi.serve.scheduler import Scheduler
 from togi.serve.store import SQLiteStore, Store, new_id
@@ -31,7 +33,7 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 FILE_PURPOSES = ("fine-tune", "fine-tune-results", "batch", "batch_output", "assistants", "assistants_output", "vision",
                  "user_data", "evals")
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 500: "server_error"}
+               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 429: "requests", 500: "server_error"}
 
 
 class APIError(Exception):
@@ -115,11 +117,11 @@ def _text(content: Any) -> str:
 
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-               store: Store | None = None) -> FastAPI:
+               store: Store | None = None, max_batch: int = 16, max_waiting: int = 64) -> FastAPI:
     data_dir = data_dir.resolve()
     store = store or SQLiteStore(data_dir / "togi.db")
     scheduler = Scheduler(store, data_dir, slots=slots)
-    pool = ModelPool(base_models)
+    pool = ModelPool(base_models, max_batch=max_batch, max_waiting=max_waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -300,8 +302,10 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
 
     # chat completions
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatRequest, org: str = Depends(organization)):
-        model = base_model_record(body.model) if body.model in base_models else store.get("model", body.model, org)
+    async def chat_completions(body: ChatRequest, org: str = Depends(organization)):
+        # async: a request waiting for its tokens holds no worker thread, so no number of slow or dropped
+        # streams can starve the other routes
+        model = base_model_record(body.model) if body.model in base_models else await run_in_threadpool(store.get, "model", body.model, org)
         if model is None:
             raise APIError(404, f"The model '{body.model}' does not exist", "model_not_found", "model")
         internal = model.get("internal")
@@ -313,13 +317,14 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
                                     top_p=1.0 if body.top_p is None else body.top_p,
                                     stop=[body.stop] if isinstance(body.stop, str) else body.stop, seed=body.seed)
         completion_id, created = new_id("chatcmpl"), int(time.time())
+        answers = [pool.astream(base_name, adapter, _seeded(request, index)) for index in range(body.n)]
+        firsts = [await _first(answer) for answer in answers]  # queued (or refused with 429) before the response starts
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_sse(pool, base_name, adapter, request, body.model, completion_id, created, body.n, include_usage),
-                                     media_type="text/event-stream")
+            return StreamingResponse(_sse(answers, firsts, body.model, completion_id, created, include_usage), media_type="text/event-stream")
         choices, prompt_tokens, completion_tokens = [], 0, 0
-        for index in range(body.n):
-            result = [item for item in pool.stream(base_name, adapter, _seeded(request, index))][-1]
+        for index, (answer, first) in enumerate(zip(answers, firsts)):
+            result = first if isinstance(first, Completion) else [item async for item in answer][-1]
             assert isinstance(result, Completion)
             choices.append({"index": index, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason,
                             "logprobs": None})
@@ -337,23 +342,47 @@ def _seeded(request: CompletionRequest, index: int) -> CompletionRequest:
     return CompletionRequest(**{**request.__dict__, "seed": request.seed + index})
 
 
-def _sse(pool: ModelPool, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest, model: str,
-         completion_id: str, created: int, n: int, include_usage: bool):
+async def _first(answer: AsyncIterator[str | Completion]) -> str | Completion:
+    """An answer's first piece: by then its request is queued, or refused (429) or failed before any byte is sent."""
+    try:
+        return await answer.__anext__()
+    except ServerBusy as busy:
+        raise APIError(429, f"The server is busy: {busy}. Retry in a moment.", "rate_limit_exceeded") from None
+    except GenerationFailed as failure:
+        raise APIError(500, str(failure), "server_error") from None
+
+
+async def _sse(answers: list[AsyncIterator[str | Completion]], firsts: list[str | Completion], model: str, completion_id: str, created: int,
+               include_usage: bool) -> AsyncIterator[str]:
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
         if include_usage:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    async def pieces(answer: AsyncIterator[str | Completion], first: str | Completion) -> AsyncIterator[str | Completion]:
+        yield first
+        if not isinstance(first, Completion):
+            async for item in answer:
+                yield item
+
     prompt_tokens, completion_tokens = 0, 0
-    for index in range(n):
-        yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for item in pool.stream(base_name, adapter, _seeded(request, index)):
-            if isinstance(item, Completion):
-                prompt_tokens, completion_tokens = item.prompt_tokens, completion_tokens + item.completion_tokens
-                yield chunk([{"index": index, "delta": {}, "finish_reason": item.finish_reason}])
-            else:
-                yield chunk([{"index": index, "delta": {"content": item}, "finish_reason": None}])
-    if include_usage:
-        yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
-    yield "data: [DONE]\n\n"
+    try:
+        for index, (answer, first) in enumerate(zip(answers, firsts)):
+            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            try:
+                async for item in pieces(answer, first):
+                    if isinstance(item, Completion):
+                        prompt_tokens, completion_tokens = item.prompt_tokens, completion_tokens + item.completion_tokens
+                        yield chunk([{"index": index, "delta": {}, "finish_reason": item.finish_reason}])
+                    else:
+                        yield chunk([{"index": index, "delta": {"content": item}, "finish_reason": None}])
+            except GenerationFailed as failure:  # the status line has gone out: the error goes in the stream
+                yield f"data: {json.dumps({'error': {'message': str(failure), 'type': 'server_error', 'param': None, 'code': 'server_error'}})}\n\n"
+                return
+        if include_usage:
+            yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away, or the answers ended: nothing goes on generating
+        for answer in answers:
+            await answer.aclose()

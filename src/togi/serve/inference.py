@@ -1,19 +1,24 @@
 """Chat completions for base models and fine-tuned ones, with LoRA adapters sharing one loaded base.
 
-Each base model is loaded once, wrapped as a PEFT model the first time an adapter for it is needed, and
-every fine-tuned model or checkpoint of that base is an adapter loaded into the same wrapper under its
-own name. A request switches to its adapter (or disables adapters, for the base) while it holds the
-base's lock, so requests to one base run one at a time and never see another's adapter.
+Each base model is loaded once, and every fine-tuned model or checkpoint of it is an adapter loaded into
+the same PEFT wrapper under its own name. Requests go to the base's ``BatchingEngine`` (serve/engine.py),
+which decodes all of them together and runs each with its own adapter; no request holds a lock while it
+waits for tokens, and a request whose reader stops (a dropped stream) is cancelled within one step.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from togi.data.template import chat_template_of
+from togi.serve.engine import BatchingEngine, Sequence, ServerBusy
+
+__all__ = ["Completion", "CompletionRequest", "GenerationFailed", "ModelPool", "ServerBusy", "StopTrimmer"]
 
 
 @dataclass
@@ -34,6 +39,10 @@ class Completion:
     completion_tokens: int
 
 
+class GenerationFailed(Exception):
+    """The model failed while answering (the engine's message, for the client)."""
+
+
 class LoadedBase:
     def __init__(self, reference: str) -> None:
         from togi.models.device import plan_device
@@ -43,104 +52,111 @@ class LoadedBase:
         self.tokenizer = load_tokenizer(reference)
         self.template, _ = chat_template_of(self.tokenizer)
         self.model = load_causal_lm(resolve_model(reference), plan_device("auto")).eval()
-        self.adapters: set[str] = set()
-        self.lock = threading.Lock()
 
-    def use_adapter(self, name: str | None, path: str | None) -> None:
-        """Called with the lock held: route the next generation through adapter ``name`` (None: the base)."""
-        from peft import PeftModel
+    @property
+    def adapters(self) -> set[str]:
+        return set(getattr(self.model, "peft_config", {}))
 
-        if name is None:
-            return
-        if not isinstance(self.model, PeftModel):
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
-            self.adapters.add(name)
-        elif name not in self.adapters:
-            self.model.load_adapter(path, adapter_name=name)
-            self.adapters.add(name)
-        self.model.set_adapter(name)
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        prompt = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+class Answer:
+    """Turns a sequence's tokens into the text a client sees: decoded as they come (a character whose UTF-8
+    bytes are not all there yet waits), cut at the first stop sequence."""
+
+    def __init__(self, tokenizer: Any, request: CompletionRequest, prompt_tokens: int) -> None:
+        self.tokenizer, self.prompt_tokens = tokenizer, prompt_tokens
+        self.tokens: list[int] = []
+        self.text, self.sent = "", 0
+        self.trimmer = StopTrimmer(request.stop or [])
+
+    def feed(self, token: int | None, reason: str | None) -> tuple[str, Completion | None]:
+        """The new visible text, and the finished completion once the answer has ended."""
+        if token is not None:
+            self.tokens.append(token)
+            decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            complete = len(decoded.rstrip("\ufffd"))
+            visible, hit = self.trimmer.feed(decoded[self.sent:complete]) if complete > self.sent else ("", False)
+            self.sent = max(self.sent, complete)
+            self.text += visible
+            return visible, (self._done("stop") if hit else None)
+        if reason not in ("stop", "length"):
+            raise GenerationFailed(reason or "generation failed")
+        tail = self.trimmer.pending
+        self.text += tail
+        return tail, self._done(reason)
+
+    def _done(self, reason: str) -> Completion:
+        return Completion(self.text, reason, self.prompt_tokens, len(self.tokens))
 
 
 class ModelPool:
-    def __init__(self, base_models: dict[str, str]) -> None:
+    def __init__(self, base_models: dict[str, str], max_batch: int = 16, max_waiting: int = 64) -> None:
         self.base_models = base_models  # served name -> reference (the embedded name, a directory or a hub id in the cache)
+        self.max_batch, self.max_waiting = max_batch, max_waiting
         self._bases: dict[str, LoadedBase] = {}
+        self._engines: dict[str, BatchingEngine] = {}
         self._lock = threading.Lock()
 
     def base(self, name: str) -> LoadedBase:
+        self.engine(name)
+        return self._bases[name]
+
+    def engine(self, name: str) -> BatchingEngine:
         with self._lock:
-            if name not in self._bases:
+            if name not in self._engines:
                 self._bases[name] = LoadedBase(self.base_models[name])
-            return self._bases[name]
+                self._engines[name] = BatchingEngine(self._bases[name], self.max_batch, self.max_waiting)
+            return self._engines[name]
+
+    def start(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest,
+              emit: Callable[[int | None, str | None], None]) -> tuple[Sequence, Answer]:
+        """Queue one answer; its tokens go to ``emit`` from the engine's thread. Raises ``ServerBusy``."""
+        engine = self.engine(base_name)
+        prompt_ids = engine.base.prompt_ids(request.messages)
+        sequence = Sequence(prompt_ids, request.max_tokens, emit, adapter, request.temperature, request.top_p, request.seed)
+        engine.submit(sequence)
+        return sequence, Answer(engine.base.tokenizer, request, len(prompt_ids))
 
     def stream(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest) -> Iterator[str | Completion]:
-        """Pieces of the answer as they are generated, then the finished ``Completion``."""
-        import torch
+        """Pieces of the answer as they are generated, then the finished ``Completion``. Closing the
+        iterator early cancels the generation."""
+        events: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+        sequence, answer = self.start(base_name, adapter, request, lambda token, reason: events.put((token, reason)))
+        try:
+            while True:
+                piece, done = answer.feed(*events.get())
+                if piece:
+                    yield piece
+                if done:
+                    yield done
+                    return
+        finally:
+            sequence.cancel()
 
-        from togi.serve.chat_model import TokenStreamer
+    async def astream(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """``stream`` for the event loop: waiting for tokens holds no thread, and a reader that goes away
+        (the client dropped the connection) cancels the generation."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
 
-        base = self.base(base_name)
-        tokenizer = base.tokenizer
-        prompt = tokenizer.apply_chat_template(request.messages, chat_template=base.template, tokenize=False, add_generation_prompt=True)
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        streamer = TokenStreamer(tokenizer)
-        sampling = ({"do_sample": True, "temperature": request.temperature, "top_p": request.top_p} if request.temperature > 0
-                    else {"do_sample": False})
-        generated: list[Any] = []
-        failure: list[BaseException] = []
-        halt = threading.Event()  # set when a stop sequence appears: generation ends at the next token
+        def emit(token: int | None, reason: str | None) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (token, reason))
 
-        def run() -> None:
-            try:
-                with torch.no_grad():
-                    if adapter is None and hasattr(base.model, "disable_adapter"):
-                        with base.model.disable_adapter():
-                            generated.append(base.model.generate(**inputs, **arguments))
-                    else:
-                        generated.append(base.model.generate(**inputs, **arguments))
-            except BaseException as error:
-                failure.append(error)
-                streamer.end()
-
-        with base.lock:
-            base.use_adapter(*(adapter or (None, None)))
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            arguments = dict(max_new_tokens=request.max_tokens, streamer=streamer, stopping_criteria=_halt_criteria(halt),
-                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                             **sampling)
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            text, stopped = "", StopTrimmer(request.stop or [])
-            for piece in streamer:
-                visible, hit = stopped.feed(piece)
-                if visible:
-                    text += visible
-                    yield visible
-                if hit:
-                    halt.set()
-                    break
-            worker.join()
-            if not stopped.hit and stopped.pending:
-                text += stopped.pending
-                yield stopped.pending
-        if failure:
-            raise failure[0]
-        new_tokens = int(generated[0].shape[1] - prompt_tokens) if generated else 0
-        yield Completion(text, "stop" if stopped.hit or new_tokens < request.max_tokens else "length", prompt_tokens, new_tokens)
-
-
-def _halt_criteria(halt: threading.Event) -> Any:
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class HaltWhenSet(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            import torch
-
-            return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([HaltWhenSet()])
+        # loading a base model and tokenizing take a while: not on the event loop
+        sequence, answer = await asyncio.to_thread(self.start, base_name, adapter, request, emit)
+        try:
+            while True:
+                piece, done = answer.feed(*await events.get())
+                if piece:
+                    yield piece
+                if done:
+                    yield done
+                    return
+        finally:
+            sequence.cancel()
 
 
 class StopTrimmer:
