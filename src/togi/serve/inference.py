@@ -69,11 +69,12 @@ class Answer:
     def __init__(self, tokenizer: Any, request: CompletionRequest, prompt_tokens: int) -> None:
         self.tokenizer, self.prompt_tokens = tokenizer, prompt_tokens
         self.tokens: list[int] = []
-        self.text, self.sent = "", 0
+        self.text, self.sent, self.finished = "", 0, False
         self.trimmer = StopTrimmer(request.stop or [])
 
-    def feed(self, token: int | None, reason: str | None) -> tuple[str, Completion | None]:
-        """The new visible text, and the finished completion once the answer has ended."""
+    def items(self, token: int | None, reason: str | None) -> list[str | Completion]:
+        """What the reader gets for one event of the engine: new visible text, then the ``Completion`` once the
+        answer has ended (``finished`` is then true)."""
         if token is not None:
             self.tokens.append(token)
             decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
@@ -81,14 +82,15 @@ class Answer:
             visible, hit = self.trimmer.feed(decoded[self.sent:complete]) if complete > self.sent else ("", False)
             self.sent = max(self.sent, complete)
             self.text += visible
-            return visible, (self._done("stop") if hit else None)
+            return [piece for piece in (visible, self._done("stop") if hit else None) if piece]
         if reason not in ("stop", "length"):
             raise GenerationFailed(reason or "generation failed")
         tail = self.trimmer.pending
         self.text += tail
-        return tail, self._done(reason)
+        return [piece for piece in (tail, self._done(reason)) if piece]
 
     def _done(self, reason: str) -> Completion:
+        self.finished = True
         return Completion(self.text, reason, self.prompt_tokens, len(self.tokens))
 
 
@@ -126,13 +128,8 @@ class ModelPool:
         events: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
         sequence, answer = self.start(base_name, adapter, request, lambda token, reason: events.put((token, reason)))
         try:
-            while True:
-                piece, done = answer.feed(*events.get())
-                if piece:
-                    yield piece
-                if done:
-                    yield done
-                    return
+            while not answer.finished:
+                yield from answer.items(*events.get())
         finally:
             sequence.cancel()
 
@@ -148,13 +145,9 @@ class ModelPool:
         # loading a base model and tokenizing take a while: not on the event loop
         sequence, answer = await asyncio.to_thread(self.start, base_name, adapter, request, emit)
         try:
-            while True:
-                piece, done = answer.feed(*await events.get())
-                if piece:
-                    yield piece
-                if done:
-                    yield done
-                    return
+            while not answer.finished:
+                for item in answer.items(*await events.get()):
+                    yield item
         finally:
             sequence.cancel()
 
