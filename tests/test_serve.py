@@ -106,7 +106,7 @@ def wait_for(client, job_id: str, statuses=TERMINAL, timeout: float = 240):
 
 
 def all_events(client, job_id: str) -> list:
-    return list(reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data))  # oldest first
+    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))  # every page (iterating fetches the next), oldest first
 
 
 def job_process(job_id: str) -> int | None:
@@ -233,7 +233,7 @@ def test_request_errors_use_the_openai_envelope(client, server, tmp_path):
     assert unknown.status == "failed" and unknown.error.code == "unsupported_method"
     with pytest.raises(openai.BadRequestError) as error:
         client.fine_tuning.jobs.create(model="tiny", training_file=chats, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
-    assert error.value.param == "hyperparameters.beta"
+    assert error.value.param == "method.dpo.hyperparameters.beta"
     dpo_on_chats = wait_for(client, client.fine_tuning.jobs.create(model="tiny", training_file=chats, method={"type": "dpo"}).id)
     assert dpo_on_chats.status == "failed" and "a dpo job needs preference pairs" in dpo_on_chats.error.message
 

@@ -9,29 +9,32 @@ status codes (400 for a bad body, not FastAPI's 422). The wire contract is ../sh
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from togi.serve.files import FileTooLarge, file_path, store_stream
 from togi.serve.inference import Completion, CompletionRequest, GenerationFailed, ModelPool, ServerBusy
-from togi.serve.jobs import TERMINAL, add_event, fine_tuned_model_name
+from togi.config import MAX_LEARNING_RATE, MIN_LEARNING_RATE
+from togi.serve.jobs import BASE_LEARNING_RATE, DPO_LEARNING_RATE, TERMINAL, add_event, fine_tuned_model_name
+from togi.serve.schema import ChatRequest, ContentPart, JobRequest
 from togi.serve.scheduler import Scheduler
 from togi.serve.store import SQLiteStore, Store, new_id
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 FILE_PURPOSES = ("fine-tune", "fine-tune-results", "batch", "batch_output", "assistants", "assistants_output", "vision",
                  "user_data", "evals")
+PageLimit = Annotated[int, Query(ge=1, le=100)]  # OpenAI's bounds for list pages
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
                405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 429: "requests", 500: "server_error"}
 
@@ -43,8 +46,11 @@ class APIError(Exception):
 
 
 def _envelope(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
-                                   "param": param, "code": code}}, status_code=status)
+    def printable(text: str | None) -> str | None:  # a lone surrogate from a request cannot be encoded as UTF-8: shown escaped
+        return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return JSONResponse({"error": {"message": printable(message), "type": ERROR_TYPES.get(status, "invalid_request_error"),
+                                   "param": printable(param), "code": code}}, status_code=status)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -63,57 +69,34 @@ def page(records: list[dict[str, Any]], after: str | None, limit: int, ends: boo
     return result
 
 
-class Hyperparameters(BaseModel):
-    n_epochs: Union[Literal["auto"], int] = Field("auto")
-    batch_size: Union[Literal["auto"], int] = Field("auto")
-    learning_rate_multiplier: Union[Literal["auto"], float] = Field("auto")
-    beta: Union[Literal["auto"], float, None] = None
+UNION_MEMBER = re.compile(r"[\[\]()<>-]|^(str|int|float|bool|dict|list|none)$")
 
 
-class JobRequest(BaseModel):
-    model: str
-    training_file: str
-    validation_file: Optional[str] = None
-    suffix: Optional[str] = Field(None, max_length=64)
-    seed: Optional[int] = None
-    metadata: Optional[dict[str, str]] = None
-    integrations: Optional[list[Any]] = None
-    hyperparameters: Optional[Hyperparameters] = None
-    method: Optional[dict[str, Any]] = None
+def _param(location: Any) -> str | None:
+    """A validation error's field as a dotted path (``method.supervised.hyperparameters.n_epochs``): without the
+    request part it came from and without the union member pydantic tried (``str``, ``list[str]``)."""
+    parts = [str(part) for part in location if part not in ("body", "query", "path") and not UNION_MEMBER.search(str(part))]
+    return ".".join(parts) or None
 
 
-class ChatRequest(BaseModel):
-    model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
-    n: int = Field(1, ge=1, le=4)
-    stream: bool = False
-    stream_options: Optional[dict[str, Any]] = None
-
-
-def _check_hyperparameters(values: dict[str, Any]) -> None:
-    limits = {"n_epochs": (1, 50), "batch_size": (1, 256)}
-    for name, (low, high) in limits.items():
-        value = values.get(name, "auto")
-        if value != "auto" and not low <= value <= high:
-            raise APIError(400, f"{name} must be between {low} and {high}, or 'auto'", "invalid_value", f"hyperparameters.{name}")
-    beta = values.get("beta", "auto")
-    if beta not in ("auto", None) and not 0 < beta <= 2:
-        raise APIError(400, "beta must be in (0, 2], or 'auto'", "invalid_value", "hyperparameters.beta")
-    multiplier = values.get("learning_rate_multiplier", "auto")
-    if multiplier != "auto" and not multiplier > 0:
-        raise APIError(400, "learning_rate_multiplier must be above 0", "invalid_value", "hyperparameters.learning_rate_multiplier")
-
-
-def _text(content: Any) -> str:
+def _text(content: str | list[ContentPart] | None) -> str:
     if isinstance(content, list):  # content parts: keep the text ones
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-    return "" if content is None else str(content)
+        return "".join(part.text or "" for part in content if part.type == "text")
+    return content or ""
+
+
+def _check_learning_rate(method: dict[str, Any]) -> None:
+    """The learning rate a multiplier gives must be one training accepts: refused now, not as a failed job later."""
+    hyper = (method.get(method["type"]) or {}).get("hyperparameters") or {}
+    multiplier = hyper.get("learning_rate_multiplier", "auto")
+    if multiplier == "auto":
+        return
+    base = DPO_LEARNING_RATE if method["type"] == "dpo" else BASE_LEARNING_RATE
+    if not MIN_LEARNING_RATE <= base * multiplier <= MAX_LEARNING_RATE:
+        raise APIError(400, f"learning_rate_multiplier {multiplier:g} gives a learning rate of {base * multiplier:g} (togi's {base:g} times it), "
+                       f"outside the range training accepts, [{MIN_LEARNING_RATE:g}, {MAX_LEARNING_RATE:g}]: use a multiplier between "
+                       f"{MIN_LEARNING_RATE / base:g} and {MAX_LEARNING_RATE / base:g}", "invalid_value",
+                       f"method.{method['type']}.hyperparameters.learning_rate_multiplier")
 
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -139,9 +122,9 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
-        location = [str(part) for part in first.get("loc", []) if part not in ("body", "query", "path")]
-        return _envelope(400, f"invalid request: {'.'.join(location) or 'body'}: {first.get('msg', 'invalid value')}",
-                         "invalid_request", ".".join(location) or None)
+        param = _param(first.get("loc", []))
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        return _envelope(400, f"invalid request: {param or 'body'}: {message}", "invalid_request", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -177,7 +160,8 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
             raise APIError(413, str(error), "file_too_large", "file") from None
 
     @app.get("/v1/files")
-    def list_files(purpose: Optional[str] = None, limit: int = 10000, order: str = "desc", after: Optional[str] = None,
+    def list_files(purpose: Optional[str] = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000, order: Literal["asc", "desc"] = "desc",
+                   after: Optional[str] = None,
                    org: str = Depends(organization)):
         records = store.list("file", org, where={"purpose": purpose} if purpose else None)
         return page(records if order == "desc" else records[::-1], after, limit, ends=True)
@@ -211,10 +195,10 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
             if file_id is not None and record is None:
                 raise APIError(400, f"invalid {param}: {file_id} does not exist", "invalid_request", param)
             paths[param] = str(file_path(data_dir, record)) if record else None
-        method = body.method or {"type": "supervised", "supervised": {"hyperparameters": (body.hyperparameters or Hyperparameters()).model_dump(exclude_none=True)}}
-        method_type = method.get("type", "supervised")
+        method = body.resolved_method()
+        method_type = method["type"]
         requested = dict((method.get(method_type) or {}).get("hyperparameters") or {})
-        _check_hyperparameters(requested)
+        _check_learning_rate(method)
         job_id = new_id("ftjob")
         job = {"id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "finished_at": None, "model": body.model,
                "fine_tuned_model": None, "organization_id": org, "status": "validating_files", "error": None,
@@ -236,7 +220,7 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
         return public(job)
 
     @app.get("/v1/fine_tuning/jobs")
-    def list_jobs(after: Optional[str] = None, limit: int = 20, org: str = Depends(organization)):
+    def list_jobs(after: Optional[str] = None, limit: PageLimit = 20, org: str = Depends(organization)):
         return page(store.list("job", org), after, limit)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
@@ -265,12 +249,12 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
         return public(scheduler.resume(job))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
-    def job_events(job_id: str, after: Optional[str] = None, limit: int = 20, org: str = Depends(organization)):
+    def job_events(job_id: str, after: Optional[str] = None, limit: PageLimit = 20, org: str = Depends(organization)):
         owned("job", job_id, org, "job")
         return page(store.list("event", org, parent=job_id), after, limit)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-    def job_checkpoints(job_id: str, after: Optional[str] = None, limit: int = 10, org: str = Depends(organization)):
+    def job_checkpoints(job_id: str, after: Optional[str] = None, limit: PageLimit = 10, org: str = Depends(organization)):
         owned("job", job_id, org, "job")
         return page(store.list("checkpoint", org, parent=job_id), after, limit, ends=True)
 
@@ -311,7 +295,7 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
         internal = model.get("internal")
         base_name = internal["base"] if internal else body.model
         adapter = (body.model, internal["adapter"]) if internal else None
-        messages = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in body.messages]
+        messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
         request = CompletionRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens or 512,
                                     temperature=1.0 if body.temperature is None else body.temperature,
                                     top_p=1.0 if body.top_p is None else body.top_p,
