@@ -13,26 +13,9 @@ import openai
 import pytest
 
 from conftest import distinct_chats, write_jsonl
-from test_serve import Server, togi, upload
+from test_serve import client, key, server, upload  # noqa: F401 (fixtures: a server of this module's own, as test_serve starts one)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    running = Server(tmp_path_factory.mktemp("validation") / "data", tiny_model_dir).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def key(server):
-    return togi("serve", "keys", "create", "--org", "acme", "--data-dir", server.data_dir).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def client(server, key):
-    return server.client(key)
 
 
 def send(server, key, method, path, body: bytes | None = None, content_type="application/json"):
