@@ -166,3 +166,54 @@ def test_hundreds_of_malformed_requests_get_4xx_envelopes_and_no_traceback(serve
     assert [model.id for model in client.models.list().data] == ["smollm2-135m-instruct", "tiny"]  # still answering
     log = (server.data_dir.parent / f"server-{server.port}.log").read_text(errors="replace")
     assert "Traceback" not in log
+
+
+def test_malformed_json_names_the_place_not_a_param(server, key):
+    status, answer = send(server, key, "POST", "/fine_tuning/jobs", b'{"model": "tiny",, }')
+    assert status == 400 and answer["error"]["param"] is None and answer["error"]["code"] == "invalid_json"
+    assert "not valid JSON" in answer["error"]["message"] and "at character" in answer["error"]["message"]
+
+
+def test_a_file_whose_name_does_not_say_its_format_is_read_by_its_content(client, server, tmp_path):
+    from test_serve import wait_for
+
+    rows = "".join(json.dumps(chat, ensure_ascii=False) + "\n" for chat in distinct_chats(12))
+    for name in ("train", "train.txt", "x" * 255):
+        (tmp_path / "upload").write_text(rows, encoding="utf-8")
+        with open(tmp_path / "upload", "rb") as handle:
+            uploaded = client.files.create(file=(name, handle), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id)
+        job = wait_for(client, job.id, statuses=("queued", "running", "failed", "succeeded"))
+        assert job.status != "failed", job.error
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_a_bad_file_fails_its_job_naming_a_line_and_no_server_path(client, server, tmp_path):
+    from test_serve import wait_for
+
+    plain = tmp_path / "notes.jsonl"
+    plain.write_text("\n".join(f"just a line of text {i}" for i in range(16)) + "\n", encoding="utf-8")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, plain).id)
+    failed = wait_for(client, job.id)
+    assert failed.status == "failed" and "line 1" in failed.error.message, failed.error
+    assert str(server.data_dir) not in failed.error.message
+
+
+def test_deleting_a_file_a_running_job_uses_is_409(client, tmp_path):
+    data = upload(client, write_jsonl(tmp_path / "d.jsonl", distinct_chats(12)))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=data.id)
+    with pytest.raises(openai.ConflictError) as error:
+        client.files.delete(data.id)
+    assert job.id in error.value.body["message"]
+    client.fine_tuning.jobs.cancel(job.id)
+    assert client.files.delete(data.id).deleted
+
+
+def test_a_job_failure_shows_file_ids_not_server_paths(tmp_path):
+    from togi.serve.jobs import job_directory, user_message
+
+    data_dir = tmp_path / "data"
+    job = {"id": "ftjob-abc", "training_file": "file-123", "internal": {"paths": {"training_file": str(data_dir / "files" / "file-123.jsonl")}}}
+    error = ValueError(f"{data_dir / 'files' / 'file-123.jsonl'}: line 3: bad\nmore detail\n in {job_directory(data_dir, 'ftjob-abc')}/run")
+    assert user_message(error, job, data_dir) == "file-123: line 3: bad"
+    assert str(data_dir) not in user_message(RuntimeError(f"cannot write {job_directory(data_dir, 'ftjob-abc')}/run"), job, data_dir)

@@ -122,6 +122,9 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            detail = (first.get("ctx") or {}).get("error", "")
+            return _envelope(400, f"the request body is not valid JSON ({detail}, at character {first['loc'][-1]})", "invalid_json", None)
         param = _param(first.get("loc", []))
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         return _envelope(400, f"invalid request: {param or 'body'}: {message}", "invalid_request", param)
@@ -178,6 +181,11 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
     @app.delete("/v1/files/{file_id}")
     def delete_file(file_id: str, org: str = Depends(organization)):
         record = owned("file", file_id, org, "file")
+        users = [job["id"] for job in store.list("job", org) if job["status"] not in TERMINAL
+                 and file_id in (job.get("training_file"), job.get("validation_file"))]
+        if users:
+            raise APIError(409, f"{file_id} is used by {', '.join(users)}, which has not finished: cancel it first, or delete the "
+                           "file once it has ended", "file_in_use", "file_id")
         store.delete("file", file_id)
         file_path(data_dir, record).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}

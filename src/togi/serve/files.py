@@ -35,10 +35,31 @@ def file_path(data_dir: Path, record: dict[str, Any]) -> Path:
     return data_dir / "files" / record["internal"]["stored_as"]
 
 
-def _stored_name(file_id: str, filename: str) -> str:
-    """``<id>.<extension>``: the id keeps it inside files/, the extension tells the data reader the format."""
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def _stored_name(file_id: str, filename: str, head: bytes) -> str:
+    """``<id>.<extension>``: the id keeps it inside files/, the extension tells the data reader the format. A name
+    that does not say the format (``train``, ``data.txt``, a name cut at 255 bytes) gets one from the content."""
     extension = Path(filename).suffix.lower()
-    return file_id + (extension if re.fullmatch(r"\.[a-z0-9]{1,8}", extension) else "")
+    if extension not in DATA_EXTENSIONS:
+        extension = sniff_extension(head) or (extension if re.fullmatch(r"\.[a-z0-9]{1,8}", extension) else "")
+    return file_id + extension
+
+
+def sniff_extension(head: bytes) -> str | None:
+    """The data format the first bytes of a file show: a JSON array, JSON lines, or a CSV/TSV header line."""
+    text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+    if text.startswith("["):
+        return ".json"
+    if text.startswith("{"):
+        return ".jsonl"
+    first_line = text.split("\n", 1)[0]
+    if "\t" in first_line:
+        return ".tsv"
+    if "," in first_line:
+        return ".csv"
+    return None
 
 
 def store_stream(store: Store, data_dir: Path, organization: str, filename: str | None, purpose: str, stream: BinaryIO,
@@ -47,18 +68,19 @@ def store_stream(store: Store, data_dir: Path, organization: str, filename: str 
     directory = data_dir / "files"
     directory.mkdir(parents=True, exist_ok=True)
     file_id, filename = new_id("file"), clean_filename(filename)
-    stored_as = _stored_name(file_id, filename)
     descriptor, temporary = tempfile.mkstemp(prefix=".upload-", dir=directory)
-    size = 0
+    size, head = 0, b""
     try:
         with os.fdopen(descriptor, "wb") as out:
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise FileTooLarge(f"the file is larger than the server's limit of {max_bytes:,} bytes")
+                head = head or chunk[:65536]
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
+        stored_as = _stored_name(file_id, filename, head)
         os.replace(temporary, directory / stored_as)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -55,6 +55,22 @@ def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_
     return f"ft:{base}:{organization}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
+def user_message(error: BaseException, job: dict[str, Any], data_dir: Path) -> str:
+    """A failure as the client may read it: the error's first line, with the server's paths replaced by what
+    the client knows them as (its file ids, the job's run)."""
+    return redact_paths((str(error).strip().splitlines() or [type(error).__name__])[0], job, data_dir)
+
+
+def redact_paths(text: str, job: dict[str, Any], data_dir: Path) -> str:
+    """``text`` with the server's paths replaced by what the client knows them as: its file ids, the job."""
+    paths = job.get("internal", {}).get("paths", {})
+    for param in ("training_file", "validation_file"):
+        if paths.get(param) and job.get(param):
+            text = text.replace(paths[param], job[param])
+    text = text.replace(str(job_directory(data_dir, job["id"])), f"the run of {job['id']}")
+    return text.replace(str(data_dir), "the server's data directory")
+
+
 def job_directory(data_dir: Path, job_id: str) -> Path:
     return data_dir / "jobs" / job_id
 
@@ -89,7 +105,7 @@ def validate_training_file(path: Path, model_reference: str, method: str = "supe
     size = {"n_examples": len(dataset.examples), "tokens_per_epoch": report.stats.tokens_per_epoch}
     if not errors:
         return None, size
-    first = errors[0]
+    first = next((finding for finding in errors if finding.line), errors[0])  # a line to look at, where there is one
     code = "invalid_n_examples" if first.code == "too_few_examples" else "invalid_training_file"
     where = f"line {first.line}" if first.line else "the file"
     if first.example is not None:
@@ -241,12 +257,12 @@ def run_job(data_dir: Path, job_id: str) -> int:
         shutil.rmtree(run_dir)
         add_event(store, job, "DPO jobs do not resume from checkpoints yet: the job starts again from the beginning", level="warn")
     resuming = (run_dir / "config.yaml").is_file()
-    config = train_config(job, data_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
     checkpoints = sorted(int(p.name.split("-")[-1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")) if resuming else []
     add_event(store, job, f"Fine-tuning job resumed from the checkpoint at step {checkpoints[-1]}" if checkpoints
               else "Fine-tuning job started")
     try:
+        config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps):
             if dpo:
                 from togi.train.preference import train_stage
@@ -256,7 +272,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
                 output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
     except Exception as error:  # the job fails; the server goes on
         if store.get("job", job_id)["status"] == "running":
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = user_message(error, job, data_dir)
             store.update("job", job_id, status="failed", finished_at=int(time.time()),
                          error={"code": "training_failed", "message": message, "param": None})
             add_event(store, job, f"The job failed: {message}", level="error")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from togi.serve.jobs import add_event, job_directory, resolve_hyperparameters, validate_training_file
+from togi.serve.jobs import add_event, job_directory, redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.store import Store
 
 
@@ -130,6 +130,7 @@ class Scheduler:
             if error:
                 error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
         if error:
+            error = {**error, "message": redact_paths(error["message"], job, self.data_dir)}
             self.store.update("job", job["id"], status="failed", error=error, finished_at=int(time.time()))
             add_event(self.store, job, error["message"], level="error")
             return
@@ -159,8 +160,8 @@ class Scheduler:
                 if job and job["status"] == "running":  # the process died without finishing its job
                     self.store.update("job", job_id, status="failed", finished_at=int(time.time()),
                                       error={"code": "training_failed", "param": None,
-                                             "message": f"the training process exited with code {child.returncode}; "
-                                                        f"see {job_directory(self.data_dir, job_id) / 'process.log'}"})
+                                             "message": f"the training process stopped unexpectedly (exit code {child.returncode}); "
+                                                        "the server's log of the job has the details"})
                     add_event(self.store, job, f"The training process exited with code {child.returncode}", level="error")
 
     def running(self) -> list[str]:
