@@ -16,7 +16,7 @@ from togi.serve.inference import CompletionRequest, ModelPool, ServerBusy
 from togi.train import train
 
 from conftest import distinct_chats, write_jsonl
-from test_serve import Server, togi
+from test_serve import Server, client, key, server, togi  # noqa: F401 (fixtures: a server for this module)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -144,3 +144,21 @@ def test_streams_dropped_by_client_timeouts_leave_the_server_answering(tmp_path,
         assert streamed == answer.choices[0].message.content
     finally:
         server.stop()
+
+
+def test_n_seeded_answers_come_as_indexed_choices_streamed_or_not(client):
+    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, n=3, seed=7, temperature=1.0)
+    assert [choice.index for choice in whole.choices] == [0, 1, 2]
+    again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, n=3, seed=7, temperature=1.0)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in whole.choices]  # each choice has its own seed
+    pieces, finished, usage = {0: "", 1: ""}, {}, None
+    for chunk in client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, n=2, seed=7, temperature=1.0, stream=True,
+                                                stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            pieces[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert set(finished) == {0, 1} and usage.completion_tokens <= 6
+    assert [pieces[0], pieces[1]] == [c.message.content for c in whole.choices[:2]]
