@@ -167,8 +167,10 @@ class BatchingEngine:
         elif name not in model.peft_config:
             model.load_adapter(path, adapter_name=name)
         config = model.peft_config[name]
-        mixable = getattr(config, "peft_type", None) is not None and config.peft_type.value == "LORA" and not getattr(config, "use_dora", False)
-        return MIXED if mixable else name
+        kind = getattr(getattr(config, "peft_type", None), "value", "unknown")
+        if kind != "LORA":  # prompt and prefix tuning change the inputs and the cache, which this loop does not model
+            raise ValueError(f"{name} is a {kind} adapter; the server answers with LoRA and DoRA adapters only")
+        return name if getattr(config, "use_dora", False) else MIXED
 
     def _forward(self, batch: Batch, rows: list[Sequence], input_ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         import torch
