@@ -109,8 +109,7 @@ class BatchingEngine:
     def _cycle(self) -> None:
         """Admit what waits (blocking while nothing runs), then one decoding step for every batch."""
         active = sum(len(batch.rows) for batch in self.batches.values())
-        for sequence in self._take(block=active == 0, room=self.max_batch - active):
-            self._admit(sequence)
+        self._admit(self._take(block=active == 0, room=self.max_batch - active))
         for lane in list(self.batches):
             batch = self.batches[lane]
             self._drop_cancelled(batch)
@@ -130,27 +129,32 @@ class BatchingEngine:
                 break
         return [sequence for sequence in taken if not sequence.cancelled.is_set()]
 
-    def _admit(self, sequence: Sequence) -> None:
+    def _admit(self, sequences: list[Sequence]) -> None:
+        """Start the new sequences: those that share a batch have their prompts run in one forward pass."""
         import torch
 
-        try:
-            lane = self._lane_of(sequence)
-        except Exception as error:  # a broken adapter directory: this request fails, the engine goes on
-            log.warning("could not load adapter %s: %s", sequence.adapter, error)
-            sequence.send(None, f"the model's adapter could not be loaded: {error}")
-            return
-        if sequence.seed is not None:
-            sequence.generator = torch.Generator().manual_seed(sequence.seed)
-        batch = self.batches.setdefault(lane, Batch(lane))
-        self._guarded(batch, lambda b: self._prefill(b, sequence))
+        lanes: dict[str, list[Sequence]] = {}
+        for sequence in sequences:
+            try:
+                lane = self._lane_of(sequence)
+            except Exception as error:  # a broken adapter directory: this request fails, the engine goes on
+                log.warning("could not load adapter %s: %s", sequence.adapter, error)
+                sequence.send(None, f"the model's adapter could not be loaded: {error}")
+                continue
+            if sequence.seed is not None:
+                sequence.generator = torch.Generator().manual_seed(sequence.seed)
+            lanes.setdefault(lane, []).append(sequence)
+        for lane, group in lanes.items():
+            self._guarded(self.batches.setdefault(lane, Batch(lane)), lambda batch: self._prefill(batch, group), starting=group)
 
-    def _guarded(self, batch: Batch, work: Callable[[Batch], None]) -> None:
-        """Run one step of ``batch``; an error ends the batch's sequences with its message, never the engine."""
+    def _guarded(self, batch: Batch, work: Callable[[Batch], None], starting: list[Sequence] | None = None) -> None:
+        """Run one step of ``batch``; an error ends the batch's sequences (and those ``starting`` in it) with its
+        message, never the engine."""
         try:
             work(batch)
         except Exception as error:
             log.exception("generation failed")
-            for row in batch.rows:
+            for row in {id(row): row for row in [*batch.rows, *(starting or [])]}.values():
                 row.send(None, f"generation failed: {error}")
             batch.rows, batch.cache = [], None
 
@@ -186,27 +190,31 @@ class BatchingEngine:
             output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
         return output.logits[:, -1, :].float(), output.past_key_values
 
-    def _prefill(self, batch: Batch, sequence: Sequence) -> None:
+    def _prefill(self, batch: Batch, group: list[Sequence]) -> None:
+        """Run the group's prompts together (left-padded) and add them to the batch with their first tokens."""
         import torch
         from transformers import DynamicCache
 
-        length = len(sequence.prompt_ids)
         device = self.base.model.device
-        input_ids = torch.tensor([sequence.prompt_ids], device=device)
-        mask = torch.ones((1, length), dtype=torch.long, device=device)
-        positions = torch.arange(length, device=device).unsqueeze(0)
-        logits, cache = self._forward(batch, [sequence], input_ids, mask, positions, DynamicCache(config=self.base.model.config))
+        lengths = [len(sequence.prompt_ids) for sequence in group]
+        width = max(lengths)
+        input_ids = torch.full((len(group), width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
+        for row, sequence in enumerate(group):
+            input_ids[row, width - lengths[row]:] = torch.tensor(sequence.prompt_ids, device=device)
+            mask[row, width - lengths[row]:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(batch, group, input_ids, mask, positions, DynamicCache(config=self.base.model.config))
+        new_positions, new_last = torch.tensor(lengths, device=device), torch.zeros(len(group), dtype=torch.long, device=device)
         if batch.rows:
             if not _mergeable(batch.cache) or not _mergeable(cache):
                 raise RuntimeError("this model's cache cannot be batched")
             batch.cache, batch.mask = _merge(batch.cache, batch.mask, cache, mask)
-            batch.positions = torch.cat([batch.positions, torch.tensor([length], device=device)])
-            batch.last = torch.cat([batch.last, torch.zeros(1, dtype=torch.long, device=device)])
+            batch.positions, batch.last = torch.cat([batch.positions, new_positions]), torch.cat([batch.last, new_last])
         else:
-            batch.cache, batch.mask = cache, mask
-            batch.positions, batch.last = torch.tensor([length], device=device), torch.zeros(1, dtype=torch.long, device=device)
-        batch.rows.append(sequence)
-        self._choose(batch, logits, rows=[len(batch.rows) - 1])
+            batch.cache, batch.mask, batch.positions, batch.last = cache, mask, new_positions, new_last
+        batch.rows.extend(group)
+        self._choose(batch, logits, rows=range(len(batch.rows) - len(group), len(batch.rows)))
 
     def _step(self, batch: Batch) -> None:
         import torch
