@@ -187,7 +187,8 @@ class BatchingEngine:
             else:
                 model.set_adapter(batch.lane)
         with torch.no_grad():
-            output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra)
+            output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                           logits_to_keep=1, **extra)  # the LM head only where the next token is read
         return output.logits[:, -1, :].float(), output.past_key_values
 
     def _prefill(self, batch: Batch, group: list[Sequence]) -> None:
