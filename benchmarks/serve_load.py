@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--max-batch", type=int, default=16, help="the batched configuration's --max-batch")
+    parser.add_argument("--max-batch", type=int, default=32, help="the batched configuration's --max-batch")
     parser.add_argument("--model", help="NAME=PATH of the base model to serve (default: the embedded one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="togi-load-") as work:

@@ -46,7 +46,7 @@ def serve(
                                                        "The embedded default is always served.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Jobs that train at the same time.")] = 1,
     max_file_mb: Annotated[int, typer.Option(min=1, help="Largest file upload accepted, in MB (larger: 413).")] = 512,
-    max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 16,
+    max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 32,
     max_waiting: Annotated[int, typer.Option(min=1, help="Chat requests that may wait per base model; beyond them: 429.")] = 64,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.

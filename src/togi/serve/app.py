@@ -100,7 +100,7 @@ def _check_learning_rate(method: dict[str, Any]) -> None:
 
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-               store: Store | None = None, max_batch: int = 16, max_waiting: int = 64) -> FastAPI:
+               store: Store | None = None, max_batch: int = 32, max_waiting: int = 64) -> FastAPI:
     data_dir = data_dir.resolve()
     store = store or SQLiteStore(data_dir / "togi.db")
     scheduler = Scheduler(store, data_dir, slots=slots)

@@ -73,7 +73,7 @@ class Batch:
 
 
 class BatchingEngine:
-    def __init__(self, base: Any, max_batch: int = 16, max_waiting: int = 64) -> None:
+    def __init__(self, base: Any, max_batch: int = 32, max_waiting: int = 64) -> None:
         from transformers import DynamicCache
 
         self.base = base

@@ -95,7 +95,7 @@ class Answer:
 
 
 class ModelPool:
-    def __init__(self, base_models: dict[str, str], max_batch: int = 16, max_waiting: int = 64) -> None:
+    def __init__(self, base_models: dict[str, str], max_batch: int = 32, max_waiting: int = 64) -> None:
         self.base_models = base_models  # served name -> reference (the embedded name, a directory or a hub id in the cache)
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self._bases: dict[str, LoadedBase] = {}
