@@ -28,33 +28,44 @@ class ChatSettings:
     seed: int = 0
 
 
+class IncrementalDecoder:
+    """Text of tokens as they arrive: each call returns only the new text, holding back a character whose
+    UTF-8 bytes are not all there yet."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.sent = 0
+
+    def add(self, tokens: list[int]) -> str:
+        self.tokens.extend(tokens)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        complete = len(text.rstrip("\ufffd"))
+        new = text[self.sent:complete] if complete > self.sent else ""
+        self.sent = max(self.sent, complete)
+        return new
+
+
 class TokenStreamer:
     """Hands generated text to another thread as each token arrives.
 
     transformers' TextIteratorStreamer waits for a space before it lets text go, except after Chinese
-    characters, so Japanese answers (kana, no spaces) would arrive all at once. This one decodes what
-    has been generated so far and passes on the new text, holding back only a character whose UTF-8
-    bytes are not all there yet."""
+    characters, so Japanese answers (kana, no spaces) would arrive all at once. This one passes on the
+    new text of every token (``IncrementalDecoder``)."""
 
     def __init__(self, tokenizer: Any) -> None:
         import queue
 
-        self.tokenizer = tokenizer
+        self.decoder = IncrementalDecoder(tokenizer)
         self.queue: queue.Queue[str | None] = queue.Queue()
-        self.tokens: list[int] = []
-        self.sent = 0
         self.prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first passes the prompt
             self.prompt_seen = True
             return
-        self.tokens.extend(int(token) for token in value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        complete = len(text.rstrip("\ufffd"))
-        if complete > self.sent:
-            self.queue.put(text[self.sent:complete])
-            self.sent = complete
+        if text := self.decoder.add([int(token) for token in value.reshape(-1).tolist()]):
+            self.queue.put(text)
 
     def end(self) -> None:
         self.queue.put(None)

@@ -275,7 +275,8 @@ def _remove(batch: Batch, indices: set[int]) -> None:
     selected = torch.tensor(keep, device=batch.mask.device)
     batch.cache.batch_select_indices(selected)
     batch.mask, batch.positions, batch.last = batch.mask[selected], batch.positions[selected], batch.last[selected]
-    while _mergeable(batch.cache) and batch.mask.shape[1] > 1 and not bool(batch.mask[:, 0].any()):  # a column all remaining rows pad
+    trimmable = _mergeable(batch.cache)
+    while trimmable and batch.mask.shape[1] > 1 and not bool(batch.mask[:, 0].any()):  # a column all remaining rows pad
         batch.mask = batch.mask[:, 1:]
         for layer in batch.cache.layers:
             layer.keys, layer.values = layer.keys[:, :, 1:], layer.values[:, :, 1:]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from togi.data.template import chat_template_of
+from togi.serve.chat_model import IncrementalDecoder
 from togi.serve.engine import BatchingEngine, Sequence, ServerBusy
 
 __all__ = ["Completion", "CompletionRequest", "GenerationFailed", "ModelPool", "ServerBusy", "StopTrimmer"]
@@ -67,20 +68,16 @@ class Answer:
     bytes are not all there yet waits), cut at the first stop sequence."""
 
     def __init__(self, tokenizer: Any, request: CompletionRequest, prompt_tokens: int) -> None:
-        self.tokenizer, self.prompt_tokens = tokenizer, prompt_tokens
-        self.tokens: list[int] = []
-        self.text, self.sent, self.finished = "", 0, False
+        self.decoder, self.prompt_tokens = IncrementalDecoder(tokenizer), prompt_tokens
+        self.text, self.finished = "", False
         self.trimmer = StopTrimmer(request.stop or [])
 
     def items(self, token: int | None, reason: str | None) -> list[str | Completion]:
         """What the reader gets for one event of the engine: new visible text, then the ``Completion`` once the
         answer has ended (``finished`` is then true)."""
         if token is not None:
-            self.tokens.append(token)
-            decoded = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-            complete = len(decoded.rstrip("\ufffd"))
-            visible, hit = self.trimmer.feed(decoded[self.sent:complete]) if complete > self.sent else ("", False)
-            self.sent = max(self.sent, complete)
+            new = self.decoder.add([token])
+            visible, hit = self.trimmer.feed(new) if new else ("", False)
             self.text += visible
             return [piece for piece in (visible, self._done("stop") if hit else None) if piece]
         if reason not in ("stop", "length"):
@@ -91,7 +88,7 @@ class Answer:
 
     def _done(self, reason: str) -> Completion:
         self.finished = True
-        return Completion(self.text, reason, self.prompt_tokens, len(self.tokens))
+        return Completion(self.text, reason, self.prompt_tokens, len(self.decoder.tokens))
 
 
 class ModelPool:
