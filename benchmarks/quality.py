@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LABELS = ("ポジティブ", "ネガティブ", "ニュートラル")
 LABEL_PATTERN = r"ラベル: (\S+)"
+TWO_LINES = r"ラベル: \S+\n理由: [^\n]+|理由: [^\n]+\nラベル: \S+"  # either order
 WORK = ROOT / "runs" / "quality"
 
 # The demo's recipe (examples/recipes/reviews-lora.yaml): every chat variant starts from it and changes what
@@ -84,6 +85,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "prompt_tuning": chat(method="prompt_tuning", training={"learning_rate": 3e-2}),
     "short_reason": chat("short"),
     "label_only": chat("label"),
+    "reason_first": chat("reason_first", monitoring={"eval_max_new_tokens": 128}),
     # the same task as a classifier: a new head reads one vector per review
     "cls_smollm2_lora": classifier("smollm2-135m-instruct", "lora", epochs=4, learning_rate=5e-4),
     "cls_smollm2_full": classifier("smollm2-135m-instruct", "full", epochs=4, learning_rate=5e-5),
@@ -99,12 +101,24 @@ def short_reason(answer: str) -> str:
     return f"{label}\n{clause}。"
 
 
+REASON_FIRST_SYSTEM = "商品レビューの感情を「理由: 一文」と「ラベル: ポジティブ/ネガティブ/ニュートラル」の2行で答えてください。"
+
+
+def reason_first(answer: str) -> str:
+    """The two lines swapped: '理由: ...\nラベル: X', so the label is written after the model has said why."""
+    label, _, reason = answer.partition("\n")
+    return f"{reason}\n{label}"
+
+
 def reshape(source: Path, target: Path, shape: str) -> Path:
-    """A copy of a chat split whose answers take the given shape: full (as written), short, label."""
+    """A copy of a chat split whose answers take the given shape: full (as written), short, label, reason_first."""
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     for row in rows:
         answer = row["messages"][-1]["content"]
-        row["messages"][-1]["content"] = {"full": answer, "short": short_reason(answer), "label": answer.split("\n")[0]}[shape]
+        row["messages"][-1]["content"] = {"full": answer, "short": short_reason(answer), "label": answer.split("\n")[0],
+                                          "reason_first": reason_first(answer)}[shape]
+        if shape == "reason_first":
+            row["messages"][0]["content"] = REASON_FIRST_SYSTEM
     target.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return target
 
@@ -162,6 +176,8 @@ def run_variant(name: str, variant: dict[str, Any], splits: dict[str, Path], eva
     recipe_path.write_text(json.dumps(recipe, ensure_ascii=False, indent=1), encoding="utf-8")  # JSON is YAML
     seconds, peak_gib, _ = timed([BIN / "togi", "train", recipe_path])
     data = splits[evaluate_on]
+    if variant["kind"] == "chat":  # scored with the prompt the run was trained on
+        data = reshape(data, WORK / "data" / f"{evaluate_on}.{variant['shape']}.jsonl", variant["shape"])
     expected = [re.search(LABEL_PATTERN, json.loads(line)["messages"][2]["content"])[1] for line in data.read_text(encoding="utf-8").splitlines()]
     result: dict[str, Any] = {"variant": name, "split": evaluate_on, "train_seconds": round(seconds, 1), "peak_rss_gib": round(peak_gib, 2)}
     if variant["kind"] == "chat":
@@ -180,7 +196,7 @@ def run_variant(name: str, variant: dict[str, Any], splits: dict[str, Path], eva
         if baseline == "base":
             result["base_accuracy"] = scores(expected, [r["predicted_label"] for r in records if r["model"] != "tuned"])["accuracy"]
         result.update(scores(expected, predicted), eval_seconds=round(eval_seconds, 1),
-                      two_line_answers=sum(bool(re.fullmatch(r"ラベル: \S+\n理由: .+", a.strip())) for a in answers),
+                      two_line_answers=sum(bool(re.fullmatch(TWO_LINES, a.strip())) for a in answers),
                       ended_before_limit=sum(not r.get("hit_limit", False) for r in tuned))
     else:
         texts = WORK / "data" / f"{evaluate_on}.texts.jsonl"
