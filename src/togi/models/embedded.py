@@ -85,7 +85,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from togi.models.loading import dequantized_copy
+    from togi.models.gguf import dequantized_copy
 
     hf_logging.disable_progress_bar()
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF de-quantizer uses tqdm directly

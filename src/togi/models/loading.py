@@ -7,23 +7,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from togi.models.device import DevicePlan
+from togi.models.gguf import dequantized_copy
 from togi.models.resolve import ModelSource
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
-    """A plain model with the weights of one loaded from GGUF. The GGUF loader marks its (already float)
-    model as quantized, which makes it refuse training and ``save_pretrained``."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    plain.load_state_dict(model.state_dict())
-    plain.generation_config = model.generation_config
-    return plain
 
 
 def load_causal_lm(source: ModelSource, plan: DevicePlan, *, quantize_4bit: bool = False) -> PreTrainedModel:
