@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import pytest
 import torch
 
-from togi.serve.chat_model import ChatSettings, load_chat_model
+from togi.export.chat import load_chat_model
+from togi.models.chat_model import ChatSettings
+from togi.models.streaming import Answer, generate_on_thread, read_answer
 
 from test_export import trained
 
@@ -91,3 +96,22 @@ def test_a_gguf_beside_its_modelfile_uses_the_modelfiles_system_prompt(cli, tmp_
     assert cli("export", run_dir, "--to", "ollama", "--no-verify").exit_code == 0
     chat_model = load_chat_model(str(run_dir / "export" / "ollama" / "model-q8_0.gguf"), prefer_llama_cpp=False)
     assert chat_model.system == "丁寧に答えてください。"
+
+
+def test_a_reader_that_stops_reading_stops_the_generation(tiny_model_dir):
+    """The streaming loop ChatModel shares with the server: closing the reader cancels generate() on its thread."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt_ids = tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
+    events, cancelled, limit = queue.Queue(), threading.Event(), 20_000
+    worker = generate_on_thread(model, prompt_ids, lambda token, reason: events.put((token, reason)), cancelled, max_new_tokens=limit,
+                                stop_ids=[], pad_id=0, sampling={"do_sample": False, "min_new_tokens": limit})  # never ends by itself
+    pieces = read_answer(Answer(tokenizer, None, len(prompt_ids)), events.get, cancelled.set)
+    assert isinstance(next(pieces), str)
+    pieces.close()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    left = [events.get_nowait() for _ in range(events.qsize())]
+    assert left[-1] == (None, "stop") and len(left) < limit / 2

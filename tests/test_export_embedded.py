@@ -68,7 +68,8 @@ def test_smollm_ollama_export_renders_the_smollm_template_in_go(cli, smollm_run)
 
 
 def test_smollm_chat_streams_the_answer_piece_by_piece(smollm_run):
-    from togi.serve.chat_model import ChatSettings, load_chat_model
+    from togi.export.chat import load_chat_model
+    from togi.models.chat_model import ChatSettings
 
     chat_model = load_chat_model(str(smollm_run))
     assert chat_model.system and chat_model.system.startswith("商品レビューの感情を")  # the training data's system prompt

@@ -55,7 +55,7 @@ def test_an_unreachable_judge_is_a_clear_error():
 
 
 def test_a_local_model_can_be_the_judge(biased_judge_dir):
-    from togi.serve.chat_model import load_chat_model
+    from togi.export.chat import load_chat_model
 
     judge = load_chat_model(str(biased_judge_dir))
     chat = distinct_chats(40)[36]["messages"]

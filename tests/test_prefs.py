@@ -8,7 +8,8 @@ import pytest
 
 from togi.data.formats import load_prompts
 from togi.evaluate.preference_data import distinct_answers, judge_messages, parse_pair_verdict, prompt_seed
-from togi.serve.chat_model import ChatSettings, load_chat_model
+from togi.export.chat import load_chat_model
+from togi.models.chat_model import ChatSettings
 from togi.train.preference import preference_rows
 
 from conftest import ALWAYS_A, chat, distinct_chats, judge_server, train_constant_chat_model, write_jsonl

@@ -62,7 +62,7 @@ def prefs_command(
     Interrupted? Run the same command again: prompts already in --out are skipped."""
     from togi.data.formats import LoadOptions, load_prompts
     from togi.evaluate.preference_data import SKIP_REASONS, PrefsOptions, generate_preference_pairs
-    from togi.serve.chat_model import ChatSettings
+    from togi.models.chat_model import ChatSettings
 
     quiet_libraries()
     if temperature == 0:

@@ -2,7 +2,7 @@
 
 The LLM judge, preference-data generation and data augmentation all only need "messages in, text out":
 ``ChatClient.complete``. This module is the HTTP side; a local model answers the same call through
-``togi.serve.chat_model.ChatModel.complete``.
+``togi.models.chat_model.ChatModel.complete``.
 """
 
 from __future__ import annotations

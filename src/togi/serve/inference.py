@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 from togi.data.template import chat_template_of
-from togi.serve.chat_model import IncrementalDecoder
+from togi.models.streaming import Answer, Completion, Emit, Event, GenerationFailed, StopTrimmer, aread_answer, read_answer
 from togi.serve.engine import BatchingEngine, Sequence, ServerBusy
 
 __all__ = ["Completion", "CompletionRequest", "GenerationFailed", "ModelPool", "ServerBusy", "StopTrimmer"]
@@ -30,18 +30,6 @@ class CompletionRequest:
     top_p: float = 1.0
     stop: list[str] | None = None
     seed: int | None = None
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str  # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class GenerationFailed(Exception):
-    """The model failed while answering (the engine's message, for the client)."""
 
 
 class LoadedBase:
@@ -61,34 +49,6 @@ class LoadedBase:
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         prompt = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
-class Answer:
-    """Turns a sequence's tokens into the text a client sees: decoded as they come (a character whose UTF-8
-    bytes are not all there yet waits), cut at the first stop sequence."""
-
-    def __init__(self, tokenizer: Any, request: CompletionRequest, prompt_tokens: int) -> None:
-        self.decoder, self.prompt_tokens = IncrementalDecoder(tokenizer), prompt_tokens
-        self.text, self.finished = "", False
-        self.trimmer = StopTrimmer(request.stop or [])
-
-    def items(self, token: int | None, reason: str | None) -> list[str | Completion]:
-        """What the reader gets for one event of the engine: new visible text, then the ``Completion`` once the
-        answer has ended (``finished`` is then true)."""
-        if token is not None:
-            new = self.decoder.add([token])
-            visible, hit = self.trimmer.feed(new) if new else ("", False)
-            self.text += visible
-            return [piece for piece in (visible, self._done("stop") if hit else None) if piece]
-        if reason not in ("stop", "length"):
-            raise GenerationFailed(reason or "generation failed")
-        tail = self.trimmer.pending
-        self.text += tail
-        return [piece for piece in (tail, self._done(reason)) if piece]
-
-    def _done(self, reason: str) -> Completion:
-        self.finished = True
-        return Completion(self.text, reason, self.prompt_tokens, len(self.decoder.tokens))
 
 
 class ModelPool:
@@ -111,62 +71,33 @@ class ModelPool:
             return self._engines[name]
 
     def start(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest,
-              emit: Callable[[int | None, str | None], None]) -> tuple[Sequence, Answer]:
+              emit: Emit) -> tuple[Sequence, Answer]:
         """Queue one answer; its tokens go to ``emit`` from the engine's thread. Raises ``ServerBusy``."""
         engine = self.engine(base_name)
         prompt_ids = engine.base.prompt_ids(request.messages)
         sequence = Sequence(prompt_ids, request.max_tokens, emit, adapter, request.temperature, request.top_p, request.seed)
         engine.submit(sequence)
-        return sequence, Answer(engine.base.tokenizer, request, len(prompt_ids))
+        return sequence, Answer(engine.base.tokenizer, request.stop, len(prompt_ids))
 
     def stream(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest) -> Iterator[str | Completion]:
         """Pieces of the answer as they are generated, then the finished ``Completion``. Closing the
         iterator early cancels the generation."""
-        events: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+        events: queue.Queue[Event] = queue.Queue()
         sequence, answer = self.start(base_name, adapter, request, lambda token, reason: events.put((token, reason)))
-        try:
-            while not answer.finished:
-                yield from answer.items(*events.get())
-        finally:
-            sequence.cancel()
+        yield from read_answer(answer, events.get, sequence.cancel)
 
     async def astream(self, base_name: str, adapter: tuple[str, str] | None, request: CompletionRequest) -> AsyncIterator[str | Completion]:
         """``stream`` for the event loop: waiting for tokens holds no thread, and a reader that goes away
         (the client dropped the connection) cancels the generation."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
+        events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(token: int | None, reason: str | None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (token, reason))
 
         # loading a base model and tokenizing take a while: not on the event loop
         sequence, answer = await asyncio.to_thread(self.start, base_name, adapter, request, emit)
-        try:
-            while not answer.finished:
-                for item in answer.items(*await events.get()):
-                    yield item
-        finally:
-            sequence.cancel()
+        async with aclosing(aread_answer(answer, events.get, sequence.cancel)) as items:
+            async for item in items:
+                yield item
 
-
-class StopTrimmer:
-    """Holds back text that may be the start of a stop sequence, and cuts the answer where one appears."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [stop for stop in stops if stop]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        self.pending += piece
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                self.hit = True
-                visible, self.pending = self.pending[:at], ""
-                return visible, True
-        keep = max((len(stop) - 1 for stop in self.stops), default=0)
-        keep = next((n for n in range(min(keep, len(self.pending)), 0, -1)
-                     if any(stop.startswith(self.pending[-n:]) for stop in self.stops)), 0)
-        visible, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return visible, False
