@@ -7,7 +7,7 @@ import json
 import pytest
 
 from togi.data.formats import load_prompts
-from togi.evaluate.preference_data import distinct_answers, judge_messages, parse_pair_verdict, prompt_seed
+from togi.data.preference_pairs import distinct_answers, judge_messages, parse_pair_verdict, prompt_seed
 from togi.export.chat import load_chat_model
 from togi.models.chat_model import ChatSettings
 from togi.train.preference import preference_rows

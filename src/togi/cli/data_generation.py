@@ -61,7 +61,7 @@ def prefs_command(
     togi export runs/sft --to merged && togi train --stage dpo --model runs/sft/export/merged --data prompts.prefs.jsonl
     Interrupted? Run the same command again: prompts already in --out are skipped."""
     from togi.data.formats import LoadOptions, load_prompts
-    from togi.evaluate.preference_data import SKIP_REASONS, PrefsOptions, generate_preference_pairs
+    from togi.data.preference_pairs import SKIP_REASONS, PrefsOptions, generate_preference_pairs
     from togi.models.chat_model import ChatSettings
 
     quiet_libraries()
@@ -88,7 +88,7 @@ def prefs_command(
 
         try:
             with _progress("sampling and judging", len(rows)) as advance:
-                summary = generate_preference_pairs(rows, sample, judge, out, options, progress=advance)
+                summary = generate_preference_pairs(rows, sample, judge.complete, out, options, progress=advance)
         except ChatClientError as error:
             raise fail(str(error), f"the pairs written so far stay in {out}; run the same command again to continue") from None
     if summary.dropped_partial_line:

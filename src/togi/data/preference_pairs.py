@@ -5,9 +5,12 @@ pick the best and the worst, and write the two as a DPO pair (``prompt`` + ``cho
   that favours a position does not always favour the same sample. With ``both_orders`` it judges again
   in the reverse order and the pair is kept only when both verdicts name the same best and worst.
 - No single prompt stops the run: a repeated prompt, answers that are all the same, or a verdict that
-  cannot be used skip the prompt and are counted. An unreachable judge does stop it (ChatClientError).
+  cannot be used skip the prompt and are counted. An error of the judge (an unreachable endpoint) does stop it.
 - Pairs are appended and synced one by one, each with its prompt's content hash; a run started again
   skips the prompts already written, so a killed run continues where it stopped.
+
+Like augmentation (``augment.py``), this module knows nothing of models or endpoints: the sampled model is any
+``sample(conversation, seed) -> answers`` and the judge any ``complete(messages) -> str``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from togi.data.examples import Prompt
 from togi.data.json_reply import first_json
 from togi.data.quality import normalize_text
 from togi.data.resumable import ResumableJsonl
-from togi.models.chat_client import ChatClient
 
 PAIR_JUDGE_SYSTEM = (
     "You are an impartial judge. You are shown several answers to the same request. Judge correctness first, "
@@ -42,6 +44,8 @@ SKIP_REASONS = {
 
 # (conversation, seed) -> n sampled answers
 Sampler = Callable[[list[dict[str, str]], int], list[str]]
+# messages -> the judge's reply
+Judge = Callable[[list[dict[str, str]]], str]
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def distinct_answers(answers: list[str]) -> list[str]:
     return list(kept.values())
 
 
-def _pair(prompt: Prompt, sample: Sampler, judge: ChatClient, options: PrefsOptions) -> dict[str, Any] | Skip:
+def _pair(prompt: Prompt, sample: Sampler, judge: Judge, options: PrefsOptions) -> dict[str, Any] | Skip:
     conversation = [message.to_template_dict() for message in prompt.messages]
     if options.system and conversation[0]["role"] != "system":
         conversation = [{"role": "system", "content": options.system}, *conversation]
@@ -133,7 +137,7 @@ def _pair(prompt: Prompt, sample: Sampler, judge: ChatClient, options: PrefsOpti
     random.Random(seed).shuffle(order)
     verdicts = []
     for shown in [order, order[::-1]] if options.both_orders else [order]:
-        reply = judge.complete(judge_messages(conversation, [answers[i] for i in shown]))
+        reply = judge(judge_messages(conversation, [answers[i] for i in shown]))
         verdict = parse_pair_verdict(reply, len(answers))
         if verdict is None:
             return Skip(prompt.source.line, "unusable_verdict", reply.strip()[:200])
@@ -154,7 +158,7 @@ def _key_of(record: dict[str, Any]) -> str | None:
     return metadata.get("prompt_sha256") if isinstance(metadata, dict) else None
 
 
-def generate_preference_pairs(prompts: list[Prompt], sample: Sampler, judge: ChatClient, out: Path | str, options: PrefsOptions,
+def generate_preference_pairs(prompts: list[Prompt], sample: Sampler, judge: Judge, out: Path | str, options: PrefsOptions,
                               progress: Callable[[int], None] = lambda done: None) -> PrefsSummary:
     """Append a judged pair to ``out`` for each prompt not already there; returns what was written and skipped."""
     with ResumableJsonl(out, _key_of) as output:
