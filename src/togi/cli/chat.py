@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries, user_errors
 from togi.cli.terminal import echo, make_console, styled
 
 console = make_console()

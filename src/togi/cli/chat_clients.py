@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from togi.cli.data import errors, fail
+from togi.cli.common import errors, fail
 from togi.models.chat_client import OpenAICompatibleClient, api_key_from_env
 
 JUDGE_KEY_VARIABLES = ("TOGI_JUDGE_API_KEY", "OPENAI_API_KEY")

@@ -1,26 +1,25 @@
-"""``togi data ...``: check, stats, show, convert and split data files (prefs and augment: cli/data_generation.py)."""
+"""``togi data ...``: check, stats, show, convert and split data files (prefs and augment: cli/data_generation.py), and
+the options and helpers the data commands share."""
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from togi.cli import render
+from togi.cli.common import EXIT_FINDINGS, errors, fail, user_errors
 from togi.cli.terminal import make_console, print_json, styled
-from togi.data.augment import AugmentError
 from togi.data.examples import Dataset
 from togi.data.findings import Finding, Severity, has_errors
 from togi.data.formats import FORMATS, LoadOptions, load_dataset
-from togi.data.labels import LabelPatternError, compile_label_pattern, label_of
-from togi.data.reader import DataFileError, container_of
-from togi.data.split import SPLIT_NAMES, SplitError, split_indices
+from togi.data.labels import compile_label_pattern, label_of
+from togi.data.reader import container_of
+from togi.data.split import SPLIT_NAMES, split_indices
 from togi.data.stats import DEFAULT_EPOCHS, DEFAULT_MAX_LENGTH, DEFAULT_PRICE_PER_MILLION, compute_stats
-from togi.data.template import ChatTemplateError, tokenize_example
+from togi.data.template import tokenize_example
 from togi.data.validate import CheckOptions, check_dataset
 from togi.data.writer import NotConvertible, check_target, default_target, example_to_record, write_records
 from togi.models.embedded import EMBEDDED_MODEL_NAME
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Prepare and check training data: check, stats, show, convert, split, prefs, augment.", no_args_is_help=True)
 console = make_console()
-errors = make_console(stderr=True)
-
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
 
 FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="Data file: .jsonl, .json, .csv or .tsv.", show_default=False)]
 FormatOption = Annotated[Optional[str], typer.Option("--format", help=f"Input format, instead of detecting it: {', '.join(FORMATS)}.")]
@@ -48,24 +43,6 @@ LabelPatternOption = Annotated[Optional[str], typer.Option(help="Regex extractin
 EpochsOption = Annotated[int, typer.Option(min=1, help="Epochs for the training-token and cost estimate.")]
 PriceOption = Annotated[float, typer.Option(min=0.0, help="Price in USD per 1M training tokens.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-
-
-def fail(message: str, hint: str, code: int = EXIT_USAGE) -> typer.Exit:
-    errors.print(styled((f"togi: {message}", "bold red"), "  ", (f"(hint: {hint})", "dim")), soft_wrap=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Problems the user can fix become one line with a hint, and exit code 2; never a traceback."""
-    try:
-        yield
-    except DataFileError as error:
-        raise fail(f"{error.path}: {error.message}", error.hint) from None
-    except ModelNotFound as error:
-        raise fail(error.message, error.hint) from None
-    except (LabelPatternError, SplitError, NotConvertible, ChatTemplateError, AugmentError) as error:
-        raise fail(str(error), "see `togi data --help`") from None
 
 
 def _load(file: Path, format: str | None, encoding: str, input_column: str, output_column: str, system: str | None) -> Dataset:
@@ -313,15 +290,3 @@ def _stratify_labels(dataset: Dataset, key: str, pattern) -> list[str]:
             raise fail(f"line {example.source.line}: no {key!r} to stratify by", hint)
         labels.append(label)
     return labels
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (progress bars, deprecation warnings) out of togi's own output."""
-    import os
-
-    from transformers.utils import logging as hf_logging
-
-    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm bars that transformers does not route through its own switch
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from togi.cli import render
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags, local_chat_model
-from togi.cli.data import EXIT_FINDINGS, EncodingOption, LabelPatternOption, console, errors, fail, quiet_libraries, refuse, user_errors
+from togi.cli.common import EXIT_FINDINGS, errors, fail, quiet_libraries, user_errors
+from togi.cli.data import EncodingOption, LabelPatternOption, console, refuse
 from togi.cli.terminal import styled
 from togi.data.findings import Severity, has_errors
 from togi.models.chat_client import ChatClientError

@@ -12,7 +12,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags
-from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console
 
 console = make_console()

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console
 
 console = make_console()

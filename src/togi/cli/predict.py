@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from togi.cli.data import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console, print_json
 
 console = make_console()

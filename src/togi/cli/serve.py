@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from togi.cli.data import fail, quiet_libraries
+from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import echo, make_console, print_json
 
 console = make_console()

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from togi.cli import render
-from togi.cli.data import errors, fail, quiet_libraries, user_errors
+from togi.cli.common import errors, fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console
 from togi.config import ConfigError, TrainConfig, load_config
 
