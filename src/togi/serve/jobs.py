@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from togi.serve.job_record import FineTuningJob, get_job, update_job
 from togi.serve.store import SQLiteStore, Store, new_id
 
 BASE_LEARNING_RATE = 2e-4
@@ -55,13 +56,13 @@ def fine_tuned_model_name(base: str, organization: str, suffix: str | None, job_
     return f"ft:{base}:{organization}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def user_message(error: BaseException, job: dict[str, Any], data_dir: Path) -> str:
+def user_message(error: BaseException, job: FineTuningJob, data_dir: Path) -> str:
     """A failure as the client may read it: the error's first line, with the server's paths replaced by what
     the client knows them as (its file ids, the job's run)."""
     return redact_paths((str(error).strip().splitlines() or [type(error).__name__])[0], job, data_dir)
 
 
-def redact_paths(text: str, job: dict[str, Any], data_dir: Path) -> str:
+def redact_paths(text: str, job: FineTuningJob, data_dir: Path) -> str:
     """``text`` with the server's paths replaced by what the client knows them as: its file ids, the job."""
     paths = job.get("internal", {}).get("paths", {})
     for param in ("training_file", "validation_file"):
@@ -75,7 +76,7 @@ def job_directory(data_dir: Path, job_id: str) -> Path:
     return data_dir / "jobs" / job_id
 
 
-def add_event(store: Store, job: dict[str, Any], message: str, level: str = "info", kind: str = "message",
+def add_event(store: Store, job: FineTuningJob, message: str, level: str = "info", kind: str = "message",
               data: dict[str, Any] | None = None) -> None:
     event = {"object": "fine_tuning.job.event", "id": new_id("ftevent"), "created_at": int(time.time()), "level": level,
              "message": message, "type": kind, "data": data or {}}
@@ -144,7 +145,7 @@ def train_config(job: dict[str, Any], data_dir: Path) -> Any:
 class RunWatcher:
     """Turns what the trainer writes into the run directory into events and checkpoint records."""
 
-    def __init__(self, store: Store, job: dict[str, Any], data_dir: Path, total_steps: int) -> None:
+    def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int) -> None:
         self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
         self.run_dir = job_directory(data_dir, job["id"]) / "run"
         self.reported_step = job["internal"].get("reported_step", 0)
@@ -190,7 +191,7 @@ class RunWatcher:
     def _remember(self) -> None:
         """Keep what was reported in the job, so a resumed job does not report a step twice."""
         self.job["internal"].update(reported_step=self.reported_step, reported_eval_step=self.reported_eval_step)
-        self.store.update("job", self.job["id"], internal=self.job["internal"])
+        update_job(self.store, self.job["id"], internal=self.job["internal"])
 
     def _record_checkpoint(self, checkpoint: Path, records: list[dict[str, Any]]) -> None:
         step = int(checkpoint.name.split("-")[-1])
@@ -216,7 +217,7 @@ class RunWatcher:
         add_event(self.store, self.job, f"Checkpoint created at step {step}: {model_id}")
 
 
-def add_model(store: Store, model_id: str, job: dict[str, Any], adapter_dir: Path, checkpoint_of: str | None = None) -> None:
+def add_model(store: Store, model_id: str, job: FineTuningJob, adapter_dir: Path, checkpoint_of: str | None = None) -> None:
     model = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": job["organization_id"],
              "internal": {"base": job["model"], "adapter": str(adapter_dir), "job": job["id"], "checkpoint_of": checkpoint_of}}
     if store.get("model", model_id) is None:
@@ -248,7 +249,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     from togi.serve.files import store_bytes
 
     store = SQLiteStore(data_dir / "togi.db")
-    job = store.get("job", job_id)
+    job = get_job(store, job_id)
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
@@ -271,10 +272,10 @@ def run_job(data_dir: Path, job_id: str) -> int:
             else:
                 output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
     except Exception as error:  # the job fails; the server goes on
-        if store.get("job", job_id)["status"] == "running":
+        if get_job(store, job_id)["status"] == "running":
             message = user_message(error, job, data_dir)
-            store.update("job", job_id, status="failed", finished_at=int(time.time()),
-                         error={"code": "training_failed", "message": message, "param": None})
+            update_job(store, job_id, status="failed", finished_at=int(time.time()),
+                       error={"code": "training_failed", "message": message, "param": None})
             add_event(store, job, f"The job failed: {message}", level="error")
         return 1
     results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
@@ -282,10 +283,9 @@ def run_job(data_dir: Path, job_id: str) -> int:
     model_name = job["internal"]["fine_tuned_model"]
     add_model(store, model_name, job, output_dir)
     add_event(store, job, f"New fine-tuned model created: {model_name}")
-    if store.get("job", job_id)["status"] == "running":
-        store.update("job", job_id, status="succeeded", finished_at=int(time.time()), result_files=[results["id"]],
-                     fine_tuned_model=model_name,
-                     trained_tokens=job["internal"]["tokens_per_epoch"] * job["hyperparameters"]["n_epochs"])
+    if get_job(store, job_id)["status"] == "running":
+        update_job(store, job_id, status="succeeded", finished_at=int(time.time()), result_files=[results["id"]],
+                   fine_tuned_model=model_name, trained_tokens=job["internal"]["tokens_per_epoch"] * job["hyperparameters"]["n_epochs"])
         add_event(store, job, "The job has successfully completed")
     return 0
 

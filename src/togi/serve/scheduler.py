@@ -16,8 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
+from togi.serve.job_record import FineTuningJob, get_job, list_jobs, update_job
 from togi.serve.jobs import add_event, job_directory, redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.store import Store
 
@@ -70,33 +69,33 @@ class Scheduler:
             self.children.clear()
 
     def _recover(self) -> None:
-        for job in self.store.list("job", where={"status": "running"}):
+        for job in list_jobs(self.store, status="running"):
             pid = job["internal"].get("pid")
             if _is_job_process(pid, job["id"]):
                 _stop_process_group(pid)
             self._requeue(job["id"], "The server restarted; the job is queued again and will resume from its last checkpoint")
 
     def _requeue(self, job_id: str, message: str) -> None:
-        job = self.store.get("job", job_id)
+        job = get_job(self.store, job_id)
         if job and job["status"] == "running":
-            self.store.update("job", job_id, status="queued", internal={**job["internal"], "pid": None})
+            update_job(self.store, job_id, status="queued", internal={**job["internal"], "pid": None})
             add_event(self.store, job, message, level="warn")
 
     # requests from the API
-    def cancel(self, job: dict[str, Any]) -> dict[str, Any]:
+    def cancel(self, job: FineTuningJob) -> FineTuningJob:
         return self._halt(job, "cancelled", "The job was cancelled")
 
-    def pause(self, job: dict[str, Any]) -> dict[str, Any]:
+    def pause(self, job: FineTuningJob) -> FineTuningJob:
         return self._halt(job, "paused", "The job was paused; resume it to continue from its last checkpoint")
 
-    def resume(self, job: dict[str, Any]) -> dict[str, Any]:
-        job = self.store.update("job", job["id"], status="queued")
+    def resume(self, job: FineTuningJob) -> FineTuningJob:
+        job = update_job(self.store, job["id"], status="queued")
         add_event(self.store, job, "The job was resumed and is queued")
         return job
 
-    def _halt(self, job: dict[str, Any], status: str, message: str) -> dict[str, Any]:
+    def _halt(self, job: FineTuningJob, status: str, message: str) -> FineTuningJob:
         with self._lock:
-            job = self.store.update("job", job["id"], status=status, **({"finished_at": int(time.time())} if status == "cancelled" else {}))
+            job = update_job(self.store, job["id"], status=status, **({"finished_at": int(time.time())} if status == "cancelled" else {}))
             child = self.children.pop(job["id"], None)
         if child is not None:
             _stop_process_group(child.pid)
@@ -113,15 +112,15 @@ class Scheduler:
                 print(f"togi serve: scheduler error: {error!r}", file=sys.stderr)
 
     def tick(self) -> None:
-        for job in reversed(self.store.list("job", where={"status": "validating_files"})):
+        for job in reversed(list_jobs(self.store, status="validating_files")):
             self._validate(job)
         self._reap()
-        queued = list(reversed(self.store.list("job", where={"status": "queued"})))
+        queued = list(reversed(list_jobs(self.store, status="queued")))
         with self._lock:
             for job in queued[: max(0, self.slots - len(self.children))]:
                 self._launch(job)
 
-    def _validate(self, job: dict[str, Any]) -> None:
+    def _validate(self, job: FineTuningJob) -> None:
         paths, model, method = job["internal"]["paths"], job["internal"]["model_reference"], job["method"]["type"]
         add_event(self.store, job, f"Validating training file: {job['training_file']}")
         error, size = validate_training_file(Path(paths["training_file"]), model, method)
@@ -131,24 +130,23 @@ class Scheduler:
                 error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
         if error:
             error = {**error, "message": redact_paths(error["message"], job, self.data_dir)}
-            self.store.update("job", job["id"], status="failed", error=error, finished_at=int(time.time()))
+            update_job(self.store, job["id"], status="failed", error=error, finished_at=int(time.time()))
             add_event(self.store, job, error["message"], level="error")
             return
         hyperparameters = resolve_hyperparameters(job["hyperparameters"], size["n_examples"], method)
-        job = self.store.update("job", job["id"], status="queued", hyperparameters=hyperparameters,
-                                method={"type": method, method: {"hyperparameters": hyperparameters}},
-                                internal={**job["internal"], **size})
+        job = update_job(self.store, job["id"], status="queued", hyperparameters=hyperparameters,
+                         method={"type": method, method: {"hyperparameters": hyperparameters}}, internal={**job["internal"], **size})
         add_event(self.store, job, "Files validated, moving job to queued state")
 
-    def _launch(self, job: dict[str, Any]) -> None:
+    def _launch(self, job: FineTuningJob) -> None:
         log_path = job_directory(self.data_dir, job["id"]) / "process.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        job = self.store.update("job", job["id"], status="running")
+        job = update_job(self.store, job["id"], status="running")
         with open(log_path, "ab") as log:
             child = subprocess.Popen([sys.executable, "-m", "togi.serve.jobs", str(self.data_dir), job["id"]], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.children[job["id"]] = child
-        self.store.update("job", job["id"], internal={**job["internal"], "pid": child.pid})
+        update_job(self.store, job["id"], internal={**job["internal"], "pid": child.pid})
 
     def _reap(self) -> None:
         with self._lock:
@@ -156,12 +154,12 @@ class Scheduler:
                 if child.poll() is None:
                     continue
                 del self.children[job_id]
-                job = self.store.get("job", job_id)
+                job = get_job(self.store, job_id)
                 if job and job["status"] == "running":  # the process died without finishing its job
-                    self.store.update("job", job_id, status="failed", finished_at=int(time.time()),
-                                      error={"code": "training_failed", "param": None,
-                                             "message": f"the training process stopped unexpectedly (exit code {child.returncode}); "
-                                                        "the server's log of the job has the details"})
+                    update_job(self.store, job_id, status="failed", finished_at=int(time.time()),
+                               error={"code": "training_failed", "param": None,
+                                      "message": f"the training process stopped unexpectedly (exit code {child.returncode}); "
+                                                 "the server's log of the job has the details"})
                     add_event(self.store, job, f"The training process exited with code {child.returncode}", level="error")
 
     def running(self) -> list[str]:
