@@ -71,14 +71,85 @@ def test_overrides_are_read_as_yaml_and_win_over_the_recipe(tmp_path):
         load_config(recipe, ["lora.r"])
 
 
-def test_qlora_without_a_cuda_gpu_is_a_config_error(tmp_path):
+def test_reading_a_recipe_does_not_depend_on_the_machine_training_does(tmp_path):
+    from togi.train.runnable import Machine, check_runnable
+
+    config = load_config(None, [f"data.train_file={tmp_path}", "method=qlora", "monitoring.report_to=wandb"])  # reads on any machine
+    with pytest.raises(ConfigError) as caught:
+        check_runnable(config, Machine(cuda=False, installed=frozenset()))
+    found = issues(caught.value)
+    assert "needs a CUDA GPU" in found["method"][0] and "use method: lora" in found["method"][0]
+    assert "pip install wandb" in found["monitoring.report_to"][0]
+    check_runnable(config, Machine(cuda=True, installed=frozenset({"wandb"})))  # a GPU machine with wandb trains it
+
+
+def test_training_refuses_what_this_machine_cannot_run_before_loading(cli, tmp_path):
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU: qlora is allowed here")
+        pytest.skip("this machine has a CUDA GPU: qlora runs here")
+    result = cli("train", "--data", tmp_path / "x.jsonl", "--method", "qlora", "--output-dir", tmp_path / "run")
+    assert result.exit_code == 2 and "method: qlora quantizes" in result.stderr and "QLoRA runs on a CUDA GPU only" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_is_one_of_three_kinds_chosen_by_task_and_stage(tmp_path):
+    from togi.config import ChatConfig, ClassificationConfig, PreferenceConfig
+
+    base = [f"data.train_file={tmp_path}"]
+    assert type(load_config(None, base)) is ChatConfig
+    assert type(load_config(None, base + ["stage=dpo"])) is PreferenceConfig
+    classifier = load_config(None, base + ["task=classification", "classification.freeze_backbone=true"])
+    assert type(classifier) is ClassificationConfig and (classifier.model, classifier.method) == ("all-MiniLM-L6-v2", "freeze")
+    assert not hasattr(load_config(None, base), "classification")  # a chat recipe has no classifier settings to misread
+
+
+def test_a_section_of_another_kind_of_recipe_says_which_kind_it_belongs_to(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  train_file: x.jsonl\nclassification:\n  label_pattern: 'ラベル: (\\S+)'\npreference:\n  beta: 0.2\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
-        load_config(None, [f"data.train_file={tmp_path}", "method=qlora"])
-    assert "CUDA GPU" in issues(caught.value)["method"][0]
+        load_config(recipe)
+    found = issues(caught.value)
+    assert found["classification"][1] == 3 and "is for task: classification" in found["classification"][0]
+    assert "add task: classification to the recipe, or drop the classification section" in found["classification"][0]
+    assert found["preference"][1] == 5 and "a preference stage (stage: dpo" in found["preference"][0]
+
+
+def test_cross_field_rules_name_their_field_with_a_hint(tmp_path):
+    base = [f"data.train_file={tmp_path}"]
+    cases = {
+        ("stage=dpo", "method=prompt_tuning"): ("method", "stage dpo trains with full, freeze, lora, dora, qlora, not prompt_tuning"),
+        ("stage=rlhf",): ("rlhf.reward_model", "stage rlhf needs a reward"),
+        ("task=classification", "stage=kto"): ("stage", "task classification has no kto stage"),
+        ("task=classification", "method=dora"): ("method", "task classification trains with full or lora, not dora"),
+        ("stage=reward", "monitoring.eval_metric=rouge_l"): ("monitoring.eval_metric", "scores generated answers"),
+    }
+    for overrides, (path, message) in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            load_config(None, base + list(overrides))
+        [issue] = caught.value.issues
+        assert (issue.path, issue.hint != "") == (path, True) and message in issue.message, (overrides, issue)
+
+
+def test_run_directories_written_before_recipes_had_kinds_still_read(tmp_path):
+    """Older runs saved every section at its defaults; evaluate, export and serve must still read them."""
+    import yaml
+
+    old = yaml.safe_load(load_config(None, [f"data.train_file={tmp_path}"]).to_yaml())
+    old |= {"classification": {"freeze_backbone": False, "label_pattern": None}, "preference": {"beta": 0.1, "loss_type": "sigmoid"},
+            "rlhf": {"reward_model": None, "reward_function": None, "num_generations": 4, "max_new_tokens": 32, "temperature": 1.0}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, allow_unicode=True), encoding="utf-8")
+    assert load_config(tmp_path / "config.yaml").method == "lora"
+
+
+def test_every_method_is_in_the_one_table_of_methods():
+    from typing import get_args
+
+    from togi.config import METHODS, Method, methods_where
+
+    assert list(METHODS) == list(get_args(Method))
+    assert methods_where(lora=True) == ("lora", "dora", "qlora") and methods_where(virtual_tokens=True) == ("prompt_tuning", "prefix_tuning")
+    assert methods_where(needs_cuda=True) == ("qlora",)
 
 
 def test_lora_presets_are_found_from_the_model_not_hard_coded(tokenizer):
@@ -135,13 +206,3 @@ def test_cli_train_refuses_data_with_errors_before_loading_the_model(cli, tmp_pa
     result = cli("train", "--data", BROKEN / "openai_rules.jsonl", "--model", tiny_model_dir, "--output-dir", tmp_path / "run")
     assert result.exit_code == 1
     assert "unrecognized_role" in result.stderr and not (tmp_path / "run").exists()
-
-
-def test_a_reporter_that_is_not_installed_is_a_config_error(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
-    with pytest.raises(ConfigError) as caught:
-        load_config(None, [f"data.train_file={tmp_path}", "monitoring.report_to=wandb"])
-    assert "pip install wandb" in issues(caught.value)["monitoring.report_to"][0]

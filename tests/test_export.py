@@ -289,3 +289,19 @@ def test_qwen2_gguf_with_attention_biases_round_trips(tmp_path, tokenizer, runti
     else:
         in_llama_cpp = llama_cpp.verify(model, tokenizer, path, prompts)
         assert in_llama_cpp["top1_agreement"] == 1.0 and in_llama_cpp["max_abs_logit_diff"] < 0.05
+
+
+def test_a_qlora_run_trained_on_a_gpu_is_evaluated_and_exported_on_this_cpu(cli, tmp_path, tiny_model_dir):
+    """Reading a run's recipe does not ask for the GPU its training needed: a QLoRA adapter is a LoRA adapter."""
+    import yaml
+
+    run_dir = trained(tmp_path, tiny_model_dir, "lora")
+    recipe = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**recipe, "method": "qlora"}, allow_unicode=True), encoding="utf-8")
+    held_out = write_jsonl(tmp_path / "test.jsonl", distinct_chats(4))
+    evaluated = cli("eval", run_dir, "--data", held_out, "--out", tmp_path / "eval", "--max-new-tokens", "4")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert (tmp_path / "eval" / "records.jsonl").is_file()
+    exported = cli("export", run_dir, "--to", "merged")
+    assert exported.exit_code == 0, exported.output
+    assert (run_dir / "export" / "merged" / "config.json").is_file()

@@ -217,3 +217,16 @@ def test_a_job_failure_shows_file_ids_not_server_paths(tmp_path):
     error = ValueError(f"{data_dir / 'files' / 'file-123.jsonl'}: line 3: bad\nmore detail\n in {job_directory(data_dir, 'ftjob-abc')}/run")
     assert user_message(error, job, data_dir) == "file-123: line 3: bad"
     assert str(data_dir) not in user_message(RuntimeError(f"cannot write {job_directory(data_dir, 'ftjob-abc')}/run"), job, data_dir)
+
+
+def test_a_jobs_recipe_is_built_as_values_so_any_path_or_model_name_survives(tmp_path):
+    from togi.config import PreferenceConfig
+    from togi.serve.jobs import train_config
+
+    job = {"id": "ftjob-x", "method": {"type": "dpo"}, "seed": 3,
+           "hyperparameters": {"batch_size": 2, "n_epochs": 1, "learning_rate_multiplier": 2, "beta": 0.2},
+           "internal": {"n_examples": 10, "model_reference": "models/a: b=c", "paths": {"training_file": str(tmp_path / "x=y: [z].jsonl")}}}
+    config = train_config(job, tmp_path)
+    assert isinstance(config, PreferenceConfig) and config.model == "models/a: b=c"
+    assert str(config.data.train_file) == str(tmp_path / "x=y: [z].jsonl") and config.data.val_ratio == 0
+    assert (config.preference.beta, config.training.seed, config.monitoring.eval_every) == (0.2, 3, 5)

@@ -19,20 +19,54 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.encoder import ENCODER_MODEL_NAME
 
 Method = Literal["full", "freeze", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning"]
 Stage = Literal["sft", "dpo", "orpo", "kto", "reward", "rlhf"]
+PreferenceStage = Literal["dpo", "orpo", "kto", "reward", "rlhf"]
 Task = Literal["chat", "classification"]
-PREFERENCE_STAGES = ("dpo", "orpo", "kto", "reward", "rlhf")
-ADAPTER_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning")
 LORA_PRESETS = ("minimal", "standard", "full")
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """What a training method is, in the terms the rest of togi asks about. The one table of methods."""
+
+    name: str
+    adapter: bool  # the result is a PEFT adapter on the unchanged base, not a whole model
+    lora: bool  # low-rank updates that merge into the base weights (LoRA, DoRA, QLoRA)
+    virtual_tokens: bool  # learned tokens before the input (prompt and prefix tuning): the inputs change, not the weights
+    needs_cuda: bool  # runs on a CUDA GPU only
+    preference: bool  # can train the preference stages (dpo, orpo, kto, reward, rlhf)
+    classification: bool  # can train a classifier's backbone (task classification without freeze_backbone)
+
+
+METHODS: dict[str, MethodTraits] = {
+    trait.name: trait
+    for trait in (
+        MethodTraits("full", adapter=False, lora=False, virtual_tokens=False, needs_cuda=False, preference=True, classification=True),
+        MethodTraits("freeze", adapter=False, lora=False, virtual_tokens=False, needs_cuda=False, preference=True, classification=False),
+        MethodTraits("lora", adapter=True, lora=True, virtual_tokens=False, needs_cuda=False, preference=True, classification=True),
+        MethodTraits("dora", adapter=True, lora=True, virtual_tokens=False, needs_cuda=False, preference=True, classification=False),
+        MethodTraits("qlora", adapter=True, lora=True, virtual_tokens=False, needs_cuda=True, preference=True, classification=False),
+        MethodTraits("prompt_tuning", adapter=True, lora=False, virtual_tokens=True, needs_cuda=False, preference=False, classification=False),
+        MethodTraits("prefix_tuning", adapter=True, lora=False, virtual_tokens=True, needs_cuda=False, preference=False, classification=False),
+    )
+}
+PREFERENCE_STAGES: tuple[str, ...] = PreferenceStage.__args__
+ADAPTER_METHODS = tuple(name for name, trait in METHODS.items() if trait.adapter)
+LORA_METHODS = tuple(name for name, trait in METHODS.items() if trait.lora)
+
+
+def methods_where(**traits: bool) -> tuple[str, ...]:
+    """The methods with these traits, in the table's order: ``methods_where(preference=True)``."""
+    return tuple(name for name, trait in METHODS.items() if all(getattr(trait, key) == value for key, value in traits.items()))
 MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
 
 
@@ -188,6 +222,11 @@ class ClassificationSettings(_Section):
 
 
 class TrainConfig(_Section):
+    """What every recipe has. A recipe is one of three kinds, chosen by its task and stage (``load_config``
+    picks the kind before validating, so a section is only known where it means something): ``ChatConfig``
+    (supervised fine-tuning of a chat model), ``PreferenceConfig`` (a preference stage: dpo, orpo, kto,
+    reward, rlhf) and ``ClassificationConfig`` (a text classifier with a new head)."""
+
     task: Task = Field("chat", description="chat: a model that answers conversations; classification: a text classifier")
     model: str = EMBEDDED_MODEL_NAME
     method: Method = "lora"
@@ -200,40 +239,16 @@ class TrainConfig(_Section):
     prefix_tuning: VirtualTokenSettings = Field(default_factory=VirtualTokenSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
-    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
-    rlhf: RLHFSettings = Field(default_factory=RLHFSettings)
-    classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
 
     @model_validator(mode="before")
     @classmethod
-    def _classification_defaults(cls, data: Any) -> Any:
-        """A classifier starts from the embedded text encoder; a frozen backbone is method freeze."""
-        if not isinstance(data, dict) or data.get("task") != "classification":
+    def _drop_default_foreign_sections(cls, data: Any) -> Any:
+        """Run directories written before recipes had kinds hold every section, at its defaults; those read as absent."""
+        if not isinstance(data, dict):
             return data
-        data = dict(data)
-        data.setdefault("model", ENCODER_MODEL_NAME)
-        settings = data.get("classification")
-        if isinstance(settings, dict) and settings.get("freeze_backbone") is True:
-            data.setdefault("method", "freeze")
-        return data
-
-    @model_validator(mode="after")
-    def _classification_fits(self) -> TrainConfig:
-        if self.task != "classification":
-            if self.classification != ClassificationSettings():
-                raise RecipeRuleError("classification", "is set, but the task is chat", "add task: classification, or drop the section")
-            return self
-        if self.classification.freeze_backbone and self.method != "freeze":
-            raise RecipeRuleError("classification.freeze_backbone", f"trains the head alone, but method is {self.method}",
-                                  "drop method (freeze_backbone sets it to freeze), or set freeze_backbone: false to train with full or lora")
-        if not self.classification.freeze_backbone and self.method not in ("full", "lora"):
-            raise RecipeRuleError("method", f"task classification trains with full or lora, not {self.method}",
-                                  "set method: full or lora, or classification.freeze_backbone: true to train only the head")
-        if self.stage != "sft":
-            raise RecipeRuleError("stage", f"task classification has no {self.stage} stage", "drop stage from the recipe")
-        if self.model.lower().endswith(".gguf"):
-            raise RecipeRuleError("model", "a classifier cannot start from a .gguf file", "use a model directory, a hub id or all-MiniLM-L6-v2")
-        return self
+        foreign = [key for key, (owner, _) in SECTION_OWNERS.items() if key in data and key not in cls.model_fields
+                   and isinstance(data[key], dict) and data[key] == owner.model_fields[key].default_factory().model_dump(mode="json")]
+        return {key: value for key, value in data.items() if key not in foreign} if foreign else data
 
     @model_validator(mode="after")
     def _task_metric_fits(self) -> TrainConfig:
@@ -244,7 +259,7 @@ class TrainConfig(_Section):
         if self.data.balance_labels and monitoring.label_pattern is None:
             raise RecipeRuleError("data.balance_labels", "needs monitoring.label_pattern to read each training example's label",
                                   "for example monitoring.label_pattern: 'ラベル: (\\S+)'")
-        if monitoring.watches_the_task and (self.task != "chat" or self.stage != "sft"):
+        if monitoring.watches_the_task and not isinstance(self, ChatConfig):
             raise RecipeRuleError("monitoring.eval_metric", f"scores generated answers, which {self.task} {self.stage} training does not give",
                                   "drop eval_metric (a classifier reports accuracy and macro-F1 at each evaluation already)")
         if monitoring.watches_the_task and monitoring.save_every % monitoring.eval_every:
@@ -253,42 +268,19 @@ class TrainConfig(_Section):
                                   f"set save_every: {monitoring.eval_every}")
         return self
 
-    @model_validator(mode="after")
-    def _stage_fits_the_method(self) -> TrainConfig:
-        if self.stage != "sft" and self.method not in ("lora", "dora", "qlora", "full", "freeze"):
-            raise ValueError(f"stage {self.stage} trains with lora, dora, qlora, full or freeze, not {self.method}")
-        if self.stage == "rlhf" and not (self.rlhf.reward_model or self.rlhf.reward_function):
-            raise ValueError("stage rlhf needs rlhf.reward_model (a run of stage reward) or rlhf.reward_function ('module:function')")
-        return self
-
-    @model_validator(mode="after")
-    def _reporter_is_installed(self) -> TrainConfig:
-        import importlib.util
-
-        package = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(self.monitoring.report_to)
-        if package and importlib.util.find_spec(package) is None:
-            raise ValueError(f"monitoring.report_to is {package}, but the {package} package is not installed: pip install {package}")
-        return self
-
-    @model_validator(mode="after")
-    def _method_fits_the_machine(self) -> TrainConfig:
-        if self.method == "qlora":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("qlora quantizes the model to 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                                 "on this machine use method: lora")
-        return self
+    @property
+    def traits(self) -> MethodTraits:
+        return METHODS[self.method]
 
     @property
     def learning_rate(self) -> float:
         if self.training.learning_rate is not None:
             return self.training.learning_rate
-        if self.method in ("prompt_tuning", "prefix_tuning"):
+        if self.traits.virtual_tokens:
             return 3e-3  # virtual tokens start far from useful values and need larger steps
         if self.task == "classification" and self.method == "freeze":
             return 1e-3  # a new head on frozen features learns from scratch (the seeds' transfer-learning rate)
-        adapters = self.method in ADAPTER_METHODS
+        adapters = self.traits.adapter
         if self.stage in ("dpo", "orpo", "kto"):  # the seed's 5e-7 is for full training of 7B models; adapters need more
             return 5e-5 if adapters else 5e-7
         if self.stage == "reward":
@@ -300,6 +292,96 @@ class TrainConfig(_Section):
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
         return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+class ChatConfig(TrainConfig):
+    """Supervised fine-tuning of a chat model (task chat, stage sft): the default kind."""
+
+    @model_validator(mode="after")
+    def _is_chat_sft(self) -> ChatConfig:
+        if self.task != "chat" or self.stage != "sft":  # only reached when built directly, not through load_config
+            raise RecipeRuleError("task", f"a ChatConfig is task chat, stage sft, not {self.task} {self.stage}", "use load_config")
+        return self
+
+
+class PreferenceConfig(TrainConfig):
+    """A preference stage on a chat model: dpo, orpo, kto, a reward model, or rlhf against one."""
+
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    rlhf: RLHFSettings = Field(default_factory=RLHFSettings)
+
+    @model_validator(mode="after")
+    def _stage_fits(self) -> PreferenceConfig:
+        if self.task != "chat" or self.stage == "sft":
+            raise RecipeRuleError("stage", f"a PreferenceConfig is a preference stage of a chat model, not {self.task} {self.stage}", "use load_config")
+        if not self.traits.preference:
+            raise RecipeRuleError("method", f"stage {self.stage} trains with {', '.join(methods_where(preference=True))}, not {self.method}",
+                                  "set method: lora (or another of those)")
+        if self.stage == "rlhf" and not (self.rlhf.reward_model or self.rlhf.reward_function):
+            raise RecipeRuleError("rlhf.reward_model", "stage rlhf needs a reward: rlhf.reward_model (a run of stage reward) or "
+                                  "rlhf.reward_function ('module:function')", "train a reward model first with stage: reward")
+        return self
+
+
+class ClassificationConfig(TrainConfig):
+    """A text classifier: a new head on a model's states (task classification). Starts from the embedded text encoder."""
+
+    model: str = ENCODER_MODEL_NAME
+    classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frozen_backbone_is_method_freeze(cls, data: Any) -> Any:
+        settings = data.get("classification") if isinstance(data, dict) else None
+        if isinstance(settings, dict) and settings.get("freeze_backbone") is True:
+            data = {**data, "method": data.get("method", "freeze")}
+        return data
+
+    @model_validator(mode="after")
+    def _classifier_fits(self) -> ClassificationConfig:
+        if self.classification.freeze_backbone and self.method != "freeze":
+            raise RecipeRuleError("classification.freeze_backbone", f"trains the head alone, but method is {self.method}",
+                                  "drop method (freeze_backbone sets it to freeze), or set freeze_backbone: false to train with full or lora")
+        if not self.classification.freeze_backbone and not self.traits.classification:
+            raise RecipeRuleError("method", f"task classification trains with {' or '.join(methods_where(classification=True))}, not {self.method}",
+                                  "set method: full or lora, or classification.freeze_backbone: true to train only the head")
+        if self.stage != "sft":
+            raise RecipeRuleError("stage", f"task classification has no {self.stage} stage", "drop stage from the recipe")
+        if self.model.lower().endswith(".gguf"):
+            raise RecipeRuleError("model", "a classifier cannot start from a .gguf file", "use a model directory, a hub id or all-MiniLM-L6-v2")
+        return self
+
+
+# The sections only one kind of recipe has: the kind, and what a recipe sets to be of it.
+SECTION_OWNERS: dict[str, tuple[type[TrainConfig], str]] = {
+    "classification": (ClassificationConfig, "task: classification"),
+    "preference": (PreferenceConfig, "a preference stage (stage: dpo, orpo, kto, reward or rlhf)"),
+    "rlhf": (PreferenceConfig, "stage: rlhf"),
+}
+RECIPE_KINDS: dict[str, type[TrainConfig]] = {"chat": ChatConfig, "preference": PreferenceConfig, "classification": ClassificationConfig}
+RECIPE_DESCRIPTIONS: dict[type[TrainConfig], str] = {ChatConfig: "supervised fine-tuning of a chat model (task chat, stage sft)",
+                                                     PreferenceConfig: "a preference stage of a chat model",
+                                                     ClassificationConfig: "a classifier (task classification)"}
+
+
+def recipe_kind(data: Any) -> str:
+    """Which kind of recipe a mapping is: classification by its task, else preference for any stage but sft."""
+    if isinstance(data, TrainConfig):
+        return next(kind for kind, model in RECIPE_KINDS.items() if isinstance(data, model))
+    if not isinstance(data, dict):
+        return "chat"
+    if data.get("task") == "classification":
+        return "classification"
+    return "chat" if data.get("stage", "sft") == "sft" else "preference"
+
+
+_RECIPE = TypeAdapter(Annotated[Union[tuple(Annotated[model, Tag(kind)] for kind, model in RECIPE_KINDS.items())],  # type: ignore[misc]
+                                Discriminator(recipe_kind)])
+
+
+def validate_recipe(data: dict[str, Any]) -> TrainConfig:
+    """A recipe mapping as the config of its kind. Raises pydantic's ValidationError; ``load_config`` explains it."""
+    return _RECIPE.validate_python(data)
 
 
 @dataclass(frozen=True)
@@ -363,9 +445,10 @@ def load_config(path: Path | str | None = None, overrides: list[str] = (), base:
     for assignment in overrides:
         apply_override(data, assignment)
     try:
-        return TrainConfig.model_validate(data)
+        return validate_recipe(data)
     except ValidationError as error:
-        raise ConfigError(source, [_issue(item, text) for item in error.errors()]) from None
+        kind = RECIPE_KINDS[recipe_kind(data)]
+        raise ConfigError(source, [_issue(item, text, kind) for item in error.errors()]) from None
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -375,15 +458,21 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
+def _issue(error: dict[str, Any], text: str, recipe: type[TrainConfig]) -> ConfigIssue:
     location = [str(part) for part in error["loc"] if not str(part).startswith(("function-after", "literal["))]
+    if location and location[0] in RECIPE_KINDS:  # the union's tag: which kind of recipe was validated
+        location = location[1:]
     path = ".".join(location) or "recipe"
     kind = error["type"]
     message = error["msg"].removeprefix("Value error, ")
     hint = "see the recipe reference in README.md"
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and len(location) == 1 and location[0] in SECTION_OWNERS:
+        _, setting = SECTION_OWNERS[location[0]]
+        message = f"is for {setting}, but this recipe is {RECIPE_DESCRIPTIONS[recipe]}"
+        hint = f"add {setting} to the recipe, or drop the {location[0]} section"
+    elif kind == "extra_forbidden":
         message = "unknown key"
-        section = _section_model(location[:-1])
+        section = _section_model(location[:-1], recipe)
         alias = KEY_ALIASES.get(location[-1])
         close = [alias] if section and alias in section.model_fields else (
             difflib.get_close_matches(location[-1], list(section.model_fields), n=1) if section else [])
@@ -410,10 +499,6 @@ def _issue(error: dict[str, Any], text: str) -> ConfigIssue:
         hint = f"quote the value: {location[-1]}: '{key}: {value}' in a recipe, or --set \"{path}='{key}: {value}'\""
     elif kind.endswith(("_type", "_parsing")):
         hint = f"check the type of {path}: {message.lower()}"
-    if path == "recipe" and "qlora" in message:
-        path, hint = "method", "QLoRA runs on a CUDA GPU only"
-    elif path == "recipe" and "report_to" in message:
-        path, hint = "monitoring.report_to", "install the package, or set report_to: none"
     return ConfigIssue(path=path, message=message, hint=hint, line=_line_of(text, location))
 
 
@@ -429,8 +514,8 @@ KEY_ALIASES = {
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def _section_model(location: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = TrainConfig
+def _section_model(location: list[str], recipe: type[TrainConfig]) -> type[BaseModel] | None:
+    model: type[BaseModel] = recipe
     for part in location:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None) if field else None

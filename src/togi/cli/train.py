@@ -75,7 +75,7 @@ def _run_stage(config: TrainConfig) -> None:
     from togi.train.preference import StageDataError, train_stage
 
     quiet_libraries()
-    with user_errors():
+    with training_errors():
         try:
             run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
         except StageDataError as error:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from togi.config import ADAPTER_METHODS, load_config
+from togi.config import load_config
 from togi.data.examples import ChatExample
 from togi.data.formats import load_dataset
 from togi.data.labels import compile_label_pattern
@@ -96,7 +96,7 @@ def _run_model(run_dir: Path) -> tuple[Any, Any, bool, Any]:
     config = load_config(run_dir / "config.yaml")
     plan = plan_device("auto")
     source = resolve_model(config.model)
-    is_adapter = config.method in ADAPTER_METHODS
+    is_adapter = config.traits.adapter
     output = run_dir / ("adapter" if is_adapter else "model")
     if not output.is_dir():
         raise EvaluationError(f"{run_dir} has no trained {output.name}/ yet (did the run finish?)")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from togi.config import ADAPTER_METHODS, TrainConfig, load_config
+from togi.config import TrainConfig, load_config
 from togi.export import ExportError
 from togi.export.consistency import TrainingChat, require_consistent, stop_mismatch, template_mismatch, tokens_of
 from togi.export.hub import base_model_id
@@ -84,9 +84,9 @@ def tuned_model(run_dir: Path) -> tuple[Any, Any]:
     """The run's final model in memory, with any LoRA/DoRA adapter merged in, and its tokenizer."""
     config = _run_config(run_dir)
     plan = plan_device("fp32")
-    if config.method in ("full", "freeze"):
+    if not config.traits.adapter:
         return load_causal_lm(resolve_model(str(run_dir / "model")), plan), load_tokenizer(str(run_dir / "model"))
-    if config.method not in ("lora", "dora", "qlora"):
+    if not config.traits.lora:
         raise ExportError(f"{config.method} adapters cannot be merged into the weights")
     from peft import PeftModel
 
@@ -99,7 +99,7 @@ def tuned_model(run_dir: Path) -> tuple[Any, Any]:
 
 def export_adapter(run_dir: Path, out_dir: Path) -> Path:
     config = _run_config(run_dir)
-    if config.method not in ADAPTER_METHODS:
+    if not config.traits.adapter:
         raise ExportError(f"a {config.method} run has no adapter; export it with --to merged")
     adapter_dir = run_dir / "adapter"
     if not adapter_dir.is_dir():

@@ -27,10 +27,13 @@ import threading
 import time
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from togi.serve.job_record import FineTuningJob, get_job, update_job
 from togi.serve.store import SQLiteStore, Store, new_id
+
+if TYPE_CHECKING:
+    from togi.config import TrainConfig
 
 BASE_LEARNING_RATE = 2e-4
 DPO_LEARNING_RATE = 5e-5  # togi's default for DPO with LoRA (see togi.train.preference)
@@ -118,28 +121,27 @@ def validate_training_file(path: Path, model_reference: str, method: str = "supe
     return {"code": code, "message": message, "param": "training_file"}, size
 
 
-def train_config(job: dict[str, Any], data_dir: Path) -> Any:
+def train_config(job: dict[str, Any], data_dir: Path) -> TrainConfig:
+    """The recipe a job trains with, built as a mapping (paths and names are values, never parsed as text)."""
     from togi.config import load_config
 
     internal, hyper = job["internal"], job["hyperparameters"]
     dpo = job["method"]["type"] == "dpo"
     steps_per_epoch = math.ceil(internal["n_examples"] / hyper["batch_size"])
-    overrides = [
-        f"model={internal['model_reference']}", "method=lora",
-        f"data.train_file={internal['paths']['training_file']}",
-        f"output_dir={job_directory(data_dir, job['id']) / 'run'}",
-        f"training.epochs={hyper['n_epochs']}", f"training.batch_size={hyper['batch_size']}", "training.gradient_accumulation=1",
-        f"training.learning_rate={(DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE) * hyper['learning_rate_multiplier']:g}",
-        f"monitoring.save_every={steps_per_epoch}", "monitoring.keep_checkpoints=3", "monitoring.log_every=1",
-        f"monitoring.eval_every={steps_per_epoch}", "monitoring.samples=0",
-    ]
-    if job.get("seed") is not None:
-        overrides.append(f"training.seed={job['seed']}")
-    if dpo:
-        overrides += ["stage=dpo", f"preference.beta={hyper['beta']}"]
     validation = internal["paths"].get("validation_file")
-    overrides.append(f"data.val_file={validation}" if validation else "data.val_ratio=0")
-    return load_config(None, overrides)
+    recipe: dict[str, Any] = {
+        "model": internal["model_reference"], "method": "lora",
+        "output_dir": str(job_directory(data_dir, job["id"]) / "run"),
+        "data": {"train_file": internal["paths"]["training_file"], **({"val_file": validation} if validation else {"val_ratio": 0})},
+        "training": {"epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"], "gradient_accumulation": 1,
+                     "learning_rate": (DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE) * hyper["learning_rate_multiplier"]},
+        "monitoring": {"save_every": steps_per_epoch, "keep_checkpoints": 3, "log_every": 1, "eval_every": steps_per_epoch, "samples": 0},
+    }
+    if job.get("seed") is not None:
+        recipe["training"]["seed"] = job["seed"]
+    if dpo:
+        recipe |= {"stage": "dpo", "preference": {"beta": hyper["beta"]}}
+    return load_config(None, base=recipe)
 
 
 class RunWatcher:

@@ -32,6 +32,7 @@ from togi.train.plot import read_metrics
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 from togi.train.sft import TrainingFailed
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
+from togi.train.runnable import check_runnable
 
 FEATURE_BATCH = 32  # examples per pass when a frozen model computes the head's features
 
@@ -88,6 +89,7 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    check_runnable(config)
     started = time.perf_counter()
     run = RunDirectory(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):

@@ -114,7 +114,7 @@ def _in_last_blocks(model: nn.Module, targets: list[str], count: int) -> list[st
 def check_method_fits(config: TrainConfig, source: ModelSource) -> None:
     """Raise ConfigError if the method's settings do not fit the model (a LoRA target it lacks, more
     frozen blocks than it has), using a weightless skeleton so nothing heavy loads first."""
-    if config.method not in ("lora", "dora", "qlora", "freeze"):
+    if not (config.traits.lora or config.method == "freeze"):
         return
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -139,8 +139,8 @@ def apply_method(model: nn.Module, config: TrainConfig, model_dir: Path | str) -
         return _freeze_all_but(model, config)
     import peft
 
-    if method in ("lora", "dora", "qlora"):
-        if method == "qlora":
+    if config.traits.lora:
+        if config.traits.needs_cuda:  # 4-bit weights (QLoRA)
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing is not False)
         peft_config = lora_config(model, config, peft.TaskType.CAUSAL_LM)
     elif method == "prompt_tuning":

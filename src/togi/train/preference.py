@@ -33,6 +33,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.callbacks import MetricsRecorder
 from togi.train.methods import apply_method, count_parameters, lora_config
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions
+from togi.train.runnable import check_runnable
 
 
 class StageDataError(Exception):
@@ -117,6 +118,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     import peft
     from transformers import AutoModelForSequenceClassification, set_seed
 
+    check_runnable(config)
     stage = config.stage
     run = RunDirectory(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):
@@ -135,7 +137,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     if stage == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(source.directory, num_labels=1, dtype=plan.weights_dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
-        if config.method in ("lora", "dora", "qlora"):
+        if config.traits.lora:
             model = peft.get_peft_model(model, lora_config(model, config, peft.TaskType.SEQ_CLS))
         from trl import RewardConfig, RewardTrainer
 

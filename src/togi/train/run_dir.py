@@ -81,7 +81,7 @@ class RunDirectory:
         return self.path / "data"
 
     def output_dir(self, config: TrainConfig) -> Path:
-        return self.path / ("model" if config.method in ("full", "freeze") else "adapter")
+        return self.path / ("adapter" if config.traits.adapter else "model")
 
     def last_checkpoint(self) -> Path | None:
         candidates = [p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
@@ -120,7 +120,7 @@ def write_model_card(run: RunDirectory, config: TrainConfig, info: dict[str, Any
         auto_class, arguments = "ForCausalLM", ""
         trained = (f"The loss is taken on assistant messages only{' (and the prompt: train_on_prompt)' if config.data.train_on_prompt else ''}.\n"
                    f"Chat template: {info.get('chat_template', 'the model’s own')}.")
-    if config.method in ("full", "freeze"):
+    if not config.traits.adapter:
         loader = f"from transformers import AutoModel{auto_class}\nmodel = AutoModel{auto_class}.from_pretrained('{output}')"
     else:
         loader = f"from peft import AutoPeftModel{auto_class}\nmodel = AutoPeftModel{auto_class}.from_pretrained('{output}'{arguments})"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from togi.config import ADAPTER_METHODS, TrainConfig
+from togi.config import TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.models.device import DevicePlan, plan_device
@@ -31,6 +31,7 @@ from togi.train.task_metric import TaskScorer
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
+from togi.train.runnable import check_runnable
 
 OOM_REMEDIES = (
     "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
@@ -81,6 +82,7 @@ def train(
     from trl import SFTConfig, SFTTrainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    check_runnable(config)
     run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
     checkpoint = run.last_checkpoint() if resume_dir else None
     if not resume_dir and run.path.exists() and any(run.path.iterdir()):
@@ -115,7 +117,7 @@ def train(
     train_set = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt)
     val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt) if data.val else None
 
-    model = load_causal_lm(source, plan, quantize_4bit=config.method == "qlora")
+    model = load_causal_lm(source, plan, quantize_4bit=config.traits.needs_cuda)
     set_seed(config.training.seed)  # adapter initialisation draws random numbers: the same seed, the same run
     model = apply_method(model, config, source.directory)
     parameters = count_parameters(model)
@@ -201,7 +203,7 @@ def train(
     samples = []
     if config.monitoring.samples:
         held_out = (data.val or data.train)[: config.monitoring.samples]
-        load_base = None if config.method in ADAPTER_METHODS else (lambda: load_causal_lm(source, plan))
+        load_base = None if config.traits.adapter else (lambda: load_causal_lm(source, plan))
         samples = sample_generations(trainer.model, tokenizer, held_out, load_base=load_base)
         save_samples(samples, run.path / "samples.jsonl")
     records = [r for r in _read_records(run) if "train_loss" in r or "eval_loss" in r]
@@ -302,7 +304,7 @@ def _read_records(run: RunDirectory) -> list[dict]:
 
 def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool) -> Any:
     training, monitoring = config.training, config.monitoring
-    virtual_tokens = config.method in ("prompt_tuning", "prefix_tuning")
+    virtual_tokens = config.traits.virtual_tokens
     activation_checkpointing = plan.device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
     return sft_config_class(
         output_dir=str(run.checkpoints),
