@@ -61,7 +61,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except DataFileError as error:
-        raise fail(f"{error.path}: {error.message}", error.hint) from None
+        raise fail(error.message, error.hint) from None
     except ModelNotFound as error:
         raise fail(error.message, error.hint) from None
     except (LabelPatternError, SplitError, NotConvertible, ChatTemplateError, AugmentError) as error:

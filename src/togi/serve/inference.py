@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from togi.data.template import chat_template_of
+from togi.errors import TogiError
 from togi.serve.chat_model import IncrementalDecoder
 from togi.serve.engine import BatchingEngine, Sequence, ServerBusy
 
@@ -40,8 +41,10 @@ class Completion:
     completion_tokens: int
 
 
-class GenerationFailed(Exception):
+class GenerationFailed(TogiError):
     """The model failed while answering (the engine's message, for the client)."""
+
+    hint = "retry the request; if it fails again, the server's log says why"
 
 
 class LoadedBase:

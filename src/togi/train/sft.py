@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from togi.config import ADAPTER_METHODS, TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
+from togi.errors import TogiError
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
@@ -39,11 +40,13 @@ OOM_REMEDIES = (
 )
 
 
-class TrainingFailed(Exception):
+class TrainingFailed(TogiError):
     """The run stopped for a reason the user can act on; ``run_dir`` keeps what was saved."""
 
-    def __init__(self, message: str, run_dir: Path) -> None:
-        super().__init__(message)
+    work_failed = True
+
+    def __init__(self, message: str, run_dir: Path, hint: str | None = None) -> None:
+        super().__init__(message, hint if hint is not None else f"what was saved is in {run_dir}")
         self.run_dir = run_dir
 
 
@@ -84,7 +87,8 @@ def train(
     run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
     checkpoint = run.last_checkpoint() if resume_dir else None
     if not resume_dir and run.path.exists() and any(run.path.iterdir()):
-        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path)
+        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path,
+                             "set output_dir (--output-dir) to a new directory")
     warnings: list[str] = []
 
     def warn(message: str) -> None:
