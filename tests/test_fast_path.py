@@ -141,6 +141,17 @@ def test_the_trainer_loss_equals_trls_own_on_the_same_batch(tmp_path, tokenizer)
     assert len(accuracy) == 2 and accuracy[0] == pytest.approx(accuracy[1])
 
 
+def test_the_thread_count_is_restored_however_training_ends():
+    from togi.train.threads import thread_count_restored
+
+    before = torch.get_num_threads()
+    with pytest.raises(MemoryError):
+        with thread_count_restored():
+            torch.set_num_threads(before + 1)  # as the governor does at a step
+            raise MemoryError("out of memory")
+    assert torch.get_num_threads() == before
+
+
 def test_cpu_threads_fit_the_cores_other_processes_leave_free():
     from togi.train.threads import CpuUsage, threads_for
 

@@ -29,7 +29,7 @@ from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
 from togi.train.samples import Sample, sample_generations, save_samples
 from togi.train.task_metric import TaskScorer
-from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
+from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 
@@ -180,7 +180,7 @@ def train(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     try:
-        with per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
+        with thread_count_restored(), per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except (RuntimeError, MemoryError) as error:
         if _is_out_of_memory(error):
