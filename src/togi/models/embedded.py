@@ -97,7 +97,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         hf_logging.enable_progress_bar()
         os.environ.pop("TQDM_DISABLE", None)
     model = dequantized_copy(quantized, torch.float32)
-    model.config._name_or_path = EMBEDDED_MODEL_NAME
+    model.config.name_or_path = EMBEDDED_MODEL_NAME
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     marker = {
