@@ -9,7 +9,7 @@ Everything a run needs to be understood later is written to its run directory (s
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +246,14 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     processes leave free (``threads.py``)."""
 
     class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # What TRL's compute_loss records and its log() reports, kept here for compute_loss's own path: token
+            # accuracy per batch, and the real (non-padding) tokens trained on so far (see log below).
+            self.compact_loss_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+            self.train_tokens_seen = 0
+            self.cut_labels_reported = False
+
         def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
             """The eval loss, then the task metric in the same metrics, so that the log, early stopping and
             the best checkpoint all see it."""
@@ -256,9 +264,9 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
                 prefix = kwargs.get("metric_key_prefix", "eval")
                 output.metrics.update({f"{prefix}_{name}": value for name, value in scores.metrics.items()})
                 cut = scores.cut_labels(scorer.max_new_tokens)
-                if cut and not getattr(self, "_cut_labels_reported", False):  # once: it repeats at every evaluation
+                if cut and not self.cut_labels_reported:  # once: it repeats at every evaluation
                     warn(f"step {self.state.global_step}: {cut}")
-                    self._cut_labels_reported = True
+                    self.cut_labels_reported = True
                 collapse = scores.collapse()
                 if collapse:
                     warn(f"step {self.state.global_step}: {collapse}; try a lower learning rate, more steps, or full fine-tuning "
@@ -279,13 +287,21 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             if return_outputs or not self._compact_loss_applies(model, inputs):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             parts = compact_lm_loss(model, inputs, num_items_in_batch)
-            # The metrics TRL's own compute_loss records, which its log() reports: token accuracy and real tokens seen
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
-            if mode == "train":
-                self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            metrics = self.compact_loss_metrics["train" if self.model.training else "eval"]
+            metrics["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
+            if self.model.training:
+                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
+            metrics["num_tokens"] = [self.train_tokens_seen]
             return parts.loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            """compute_loss's own metrics under the names TRL logs its own with (``mean_token_accuracy``, ``num_tokens``;
+            ``eval_``-prefixed in evaluation), averaged since the last log, as TRL's log() does."""
+            mode = "train" if self.model.training else "eval"
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{name}": sum(values) / len(values) for name, values in self.compact_loss_metrics[mode].items() if values})
+            self.compact_loss_metrics[mode].clear()
+            super().log(logs, start_time)
 
         def _compact_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
             """On a CPU, for the plain next-token loss; everything else (CUDA, where TRL already projects only the
