@@ -115,14 +115,16 @@ def test_the_derived_hints_are_there():
 
     one = ConfigError("recipe.yaml", [ConfigIssue("lora.r", "must be > 0", "set lora.r to 16")])
     assert one.hint == "set lora.r to 16"
-    two = ConfigError("recipe.yaml", [ConfigIssue("lora.r", "must be > 0", "set lora.r to 16"), ConfigIssue("epochs", "unknown key", "did you mean 'training.epochs'?")])
+    two = ConfigError("recipe.yaml", [ConfigIssue("lora.r", "must be > 0", "set lora.r to 16"),
+                                      ConfigIssue("epochs", "unknown key", "did you mean 'training.epochs'?")])
     assert two.hint and "set lora.r to 16" in str(two) and "training.epochs" in str(two)
 
 
 def test_the_cli_prints_message_and_hint_of_a_missing_data_file_and_exits_2(cli, tmp_path):
     result = cli("data", "check", tmp_path / "missing.jsonl")
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"togi: {tmp_path / 'missing.jsonl'}: no such file  (hint: check the path; relative paths start from the current directory)"
+    assert result.stderr.strip() == (f"togi: {tmp_path / 'missing.jsonl'}: no such file  "
+                                     "(hint: check the path; relative paths start from the current directory)")
 
 
 def test_text_from_the_user_is_printed_literally_not_as_markup(cli, tmp_path):
