@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
+from togi.train.library_adapters import attention_implementation
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 
 from conftest import build_tiny_model
@@ -95,10 +96,10 @@ def test_padding_free_batch_with_per_example_attention_equals_the_padded_batch(t
     examples = fixed_examples()
     expected = plain_loss_and_gradients(model, padded_batch(examples, tokenizer.pad_token_id))
     with per_example_attention(model):
-        assert model.config._attn_implementation == PER_EXAMPLE_SDPA
+        assert attention_implementation(model) == PER_EXAMPLE_SDPA
         actual = fast_loss_and_gradients(model, padding_free_batch(examples, tokenizer.pad_token_id))
     assert_same(expected, actual)
-    assert model.config._attn_implementation == "sdpa"  # restored
+    assert attention_implementation(model) == "sdpa"  # restored
 
 
 def test_gradient_accumulation_divides_by_the_tokens_of_all_micro_batches(tokenizer):

@@ -25,6 +25,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.attention import per_example_attention
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
 from togi.train.samples import Sample, sample_generations, save_samples
@@ -245,7 +246,7 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     inside each example of a padding-free batch (``attention.py``) and fits the thread count to the cores other
     processes leave free (``threads.py``)."""
 
-    class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+    class TogiSFTTrainer(TrainSamplerHook, sft_trainer):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             # What TRL's compute_loss records and its log() reports, kept here for compute_loss's own path: token
@@ -273,13 +274,12 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
                          "(see benchmarks/QUALITY.md)")
             return output
 
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
+        def train_sampler(self, dataset: Any) -> Any:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             if train_labels is not None:
                 return LabelBalancedSampler(train_labels, seed=seed)
             if self.args.train_sampling_strategy != "group_by_length":
-                return super()._get_train_sampler(train_dataset)
+                return None  # the Trainer's own order
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
