@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
+from togi.train.library_adapters import attention_implementation
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 
 from conftest import build_tiny_model
@@ -95,10 +96,10 @@ def test_padding_free_batch_with_per_example_attention_equals_the_padded_batch(t
     examples = fixed_examples()
     expected = plain_loss_and_gradients(model, padded_batch(examples, tokenizer.pad_token_id))
     with per_example_attention(model):
-        assert model.config._attn_implementation == PER_EXAMPLE_SDPA
+        assert attention_implementation(model) == PER_EXAMPLE_SDPA
         actual = fast_loss_and_gradients(model, padding_free_batch(examples, tokenizer.pad_token_id))
     assert_same(expected, actual)
-    assert model.config._attn_implementation == "sdpa"  # restored
+    assert attention_implementation(model) == "sdpa"  # restored
 
 
 def test_gradient_accumulation_divides_by_the_tokens_of_all_micro_batches(tokenizer):
@@ -112,7 +113,7 @@ def test_gradient_accumulation_divides_by_the_tokens_of_all_micro_batches(tokeni
 
 def test_the_trainer_loss_equals_trls_own_on_the_same_batch(tmp_path, tokenizer):
     """togi's compute_loss against TRL's SFTTrainer.compute_loss, on one batch from the trainer's own collator,
-    with the metrics TRL logs (token accuracy, real tokens seen) kept."""
+    with the metrics TRL logs (token accuracy, real tokens seen) logged the same."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -127,18 +128,32 @@ def test_the_trainer_loss_equals_trls_own_on_the_same_batch(tmp_path, tokenizer)
     with per_example_attention(trainer.model):
         fast = trainer.compute_loss(trainer.model, dict(batch))
     fast.backward()
+    trainer.log({})
+    fast_logged = trainer.state.log_history[-1]
     fast_gradients = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.model.zero_grad()
     plain = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
     plain.backward()
+    trainer.log({})
+    plain_logged = trainer.state.log_history[-1]
     assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
     for name, parameter in trainer.model.named_parameters():
         if parameter.requires_grad:
             assert torch.allclose(fast_gradients[name], parameter.grad, rtol=1e-4, atol=1e-6), name
     real_tokens = sum(len(example["input_ids"]) for example in examples)
-    assert trainer._metrics["train"]["num_tokens"] == [2 * real_tokens]  # both calls counted every real token, once each
-    accuracy = trainer._metrics["train"]["mean_token_accuracy"]
-    assert len(accuracy) == 2 and accuracy[0] == pytest.approx(accuracy[1])
+    assert fast_logged["num_tokens"] == plain_logged["num_tokens"] == real_tokens  # every real token counted, once
+    assert fast_logged["mean_token_accuracy"] == pytest.approx(plain_logged["mean_token_accuracy"])
+
+
+def test_the_thread_count_is_restored_however_training_ends():
+    from togi.train.threads import thread_count_restored
+
+    before = torch.get_num_threads()
+    with pytest.raises(MemoryError):
+        with thread_count_restored():
+            torch.set_num_threads(before + 1)  # as the governor does at a step
+            raise MemoryError("out of memory")
+    assert torch.get_num_threads() == before
 
 
 def test_cpu_threads_fit_the_cores_other_processes_leave_free():

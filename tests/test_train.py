@@ -159,7 +159,10 @@ def test_the_run_directory_describes_the_run(tmp_path, tiny_model_dir, train_fil
     assert "trainable params:" in info["parameters"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "train_loss" in r)
-    assert {"step", "train_loss", "grad_norm", "learning_rate", "tokens_per_second", "peak_memory_mb"} <= set(step)
+    assert {"step", "train_loss", "grad_norm", "learning_rate", "train_token_accuracy", "tokens_seen", "tokens_per_second",
+            "peak_memory_mb"} <= set(step)
+    seen = [r["tokens_seen"] for r in records if "train_loss" in r]
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)  # real tokens, counted on as training goes
     assert any("eval_loss" in r and "eval_token_accuracy" in r for r in records)
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert load_config(run_dir / "config.yaml").method == "lora"  # the resolved recipe reads back

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
+from togi.errors import TogiError
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.encoder import ENCODER_MODEL_NAME
 
@@ -74,12 +75,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class RecipeRuleError(ValueError):
-    """A rule across fields, reported at the field it names (``classification.freeze_backbone``) with a hint."""
+class RecipeRuleError(TogiError, ValueError):
+    """A rule across fields, reported at the field it names (``classification.freeze_backbone``) with a hint.
+    A ValueError too: pydantic turns only those, raised in a validator, into validation errors."""
 
-    def __init__(self, path: str, message: str, hint: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path, self.message, self.hint = path, message, hint
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        super().__init__(f"{path}: {problem}", hint)
+        self.path, self.problem = path, problem
 
 
 class LoraSettings(_Section):
@@ -396,9 +398,12 @@ class ConfigIssue:
         return f"{where}{self.path}: {self.message} (hint: {self.hint})"
 
 
-class ConfigError(Exception):
+class ConfigError(TogiError):
+    """A recipe with problems: each issue names its field, its line in the recipe file where there is one, and a hint."""
+
     def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
-        super().__init__(f"{source}: " + "; ".join(str(issue) for issue in issues))
+        super().__init__(f"{source}: " + "; ".join(str(issue) for issue in issues),
+                         issues[0].hint if len(issues) == 1 else "each issue names its field and its own hint")
         self.source = source
         self.issues = issues
 
@@ -480,7 +485,7 @@ def _issue(error: dict[str, Any], text: str, recipe: type[TrainConfig]) -> Confi
             f"known keys here: {', '.join(section.model_fields)}" if section else hint)
     elif isinstance((error.get("ctx") or {}).get("error"), RecipeRuleError):
         rule = error["ctx"]["error"]
-        path, message, hint, location = rule.path, rule.message, rule.hint, rule.path.split(".")
+        path, message, hint, location = rule.path, rule.problem, rule.hint, rule.path.split(".")
     elif kind == "missing":
         hint = "add it to the recipe, or pass it on the command line"
         if path == "data":

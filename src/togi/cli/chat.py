@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from togi.cli.common import fail, quiet_libraries, user_errors
+from togi.cli.common import quiet_libraries
 from togi.cli.terminal import echo, make_console, styled
 
 console = make_console()
@@ -32,18 +32,12 @@ def chat_command(
     togi chat runs/my-run
     togi chat runs/my-run/export/gguf/model-q8_0.gguf -p "返品はできますか？"
     """
-    from togi.export import ExportError
-    from togi.export.chat import load_chat_model
-    from togi.models.chat_model import ChatSettings
+    from togi.serve.chat_model import ChatSettings, load_chat_model
 
     quiet_libraries()
     warnings.filterwarnings("ignore")  # a conversation on screen: no library warnings between the answers
     settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    with user_errors():
-        try:
-            chat_model = load_chat_model(model, prefer_llama_cpp=not transformers_only)
-        except ExportError as error:
-            raise fail(str(error), "pass a finished run directory, a model directory or a .gguf file") from None
+    chat_model = load_chat_model(model, prefer_llama_cpp=not transformers_only)
     system_prompt = system if system is not None else chat_model.system
     history: list[dict[str, str]] = []
 

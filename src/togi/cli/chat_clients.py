@@ -11,16 +11,12 @@ from togi.models.chat_client import OpenAICompatibleClient, api_key_from_env
 JUDGE_KEY_VARIABLES = ("TOGI_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 
-def local_chat_model(reference: str, *, role: str, flag: str) -> Any:
+def local_chat_model(reference: str, *, role: str) -> Any:
     """A ``ChatModel`` (it streams, completes and samples) for a run, a model or a GGUF file."""
-    from togi.export import ExportError
-    from togi.export.chat import load_chat_model
+    from togi.serve.chat_model import load_chat_model
 
-    try:
-        with errors.status(f"loading {role} {reference} ..."):
-            return load_chat_model(reference, prefer_llama_cpp=True)
-    except ExportError as error:
-        raise fail(str(error), f"pass a finished run directory, a model directory or a .gguf file as {flag}") from None
+    with errors.status(f"loading {role} {reference} ..."):
+        return load_chat_model(reference, prefer_llama_cpp=True)
 
 
 def chat_client_from_flags(url: str | None, model: str | None, *, role: str, flags: tuple[str, str],
@@ -35,4 +31,4 @@ def chat_client_from_flags(url: str | None, model: str | None, *, role: str, fla
         return client, client.name
     if not model:
         return None, ""
-    return local_chat_model(model, role=role, flag=model_flag), model
+    return local_chat_model(model, role=role), model

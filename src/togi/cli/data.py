@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from togi.cli import render
-from togi.cli.common import EXIT_FINDINGS, errors, fail, user_errors
+from togi.cli.common import EXIT_FINDINGS, errors, fail
 from togi.cli.terminal import make_console, print_json, styled
 from togi.data.examples import Dataset
 from togi.data.findings import Finding, Severity, has_errors
@@ -84,12 +84,11 @@ def check(
     """Validate a data file: every problem with its line, field and a hint, then the statistics.
 
     Exit code 0 when there are no errors, 1 when there are, 2 for a usage error."""
-    with user_errors():
-        dataset = _load(file, format, encoding, input_column, output_column, system)
-        tokenizer, note = _tokenizer(model, required=model is not None)
-        options = CheckOptions(max_length=max_length, label_pattern=compile_label_pattern(label_pattern), epochs=epochs,
-                               price_per_million=price_per_million)
-        report = check_dataset(dataset, tokenizer, options, tokenizer_name=model or EMBEDDED_MODEL_NAME)
+    dataset = _load(file, format, encoding, input_column, output_column, system)
+    tokenizer, note = _tokenizer(model, required=model is not None)
+    options = CheckOptions(max_length=max_length, label_pattern=compile_label_pattern(label_pattern), epochs=epochs,
+                           price_per_million=price_per_million)
+    report = check_dataset(dataset, tokenizer, options, tokenizer_name=model or EMBEDDED_MODEL_NAME)
     findings = report.findings + ([note] if note else [])
     failed = has_errors(findings) or (strict and any(f.severity is Severity.WARNING for f in findings))
     if json_output:
@@ -124,13 +123,12 @@ def stats(
     json_output: JsonOption = False,
 ) -> None:
     """Statistics of the valid examples: sizes in characters and real tokens, roles, labels, cost."""
-    with user_errors():
-        dataset = _load(file, format, encoding, input_column, output_column, system)
-        tokenizer, note = _tokenizer(model, required=model is not None)
-        findings: list[Finding] = []
-        result = compute_stats(dataset, tokenizer, tokenizer_name=model or EMBEDDED_MODEL_NAME, max_length=max_length,
-                               epochs=epochs, price_per_million=price_per_million,
-                               label_pattern=compile_label_pattern(label_pattern), findings=findings)
+    dataset = _load(file, format, encoding, input_column, output_column, system)
+    tokenizer, note = _tokenizer(model, required=model is not None)
+    findings: list[Finding] = []
+    result = compute_stats(dataset, tokenizer, tokenizer_name=model or EMBEDDED_MODEL_NAME, max_length=max_length,
+                           epochs=epochs, price_per_million=price_per_million,
+                           label_pattern=compile_label_pattern(label_pattern), findings=findings)
     skipped = len(dataset.raw_records) - len(dataset.examples)
     if json_output:
         print_json({"file": dataset.path, "format": dataset.format, "kind": dataset.kind.value,
@@ -160,13 +158,12 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """Render examples through the model's chat template and show which tokens are trained on."""
-    with user_errors():
-        dataset = _load(file, format, encoding, input_column, output_column, system)
-        tokenizer, _ = _tokenizer(model, required=True)
-        assert tokenizer is not None
-        chosen = dataset.examples[start : start + n]
-        shown = [(example, tokenize_example(tokenizer, example, train_on_prompt=train_on_prompt, max_length=max_length))
-                 for example in chosen]
+    dataset = _load(file, format, encoding, input_column, output_column, system)
+    tokenizer, _ = _tokenizer(model, required=True)
+    assert tokenizer is not None
+    chosen = dataset.examples[start : start + n]
+    shown = [(example, tokenize_example(tokenizer, example, train_on_prompt=train_on_prompt, max_length=max_length))
+             for example in chosen]
     if json_output:
         special_ids = set(tokenizer.all_special_ids)
         print_json({"file": dataset.path, "examples": [
@@ -199,28 +196,27 @@ def convert(
     system: SystemOption = None,
 ) -> None:
     """Convert a data file into another format (OpenAI chat JSONL by default), atomically."""
-    with user_errors():
-        if target.resolve() == source.resolve():
-            raise fail("the output is the input file", "write to a new file, then rename it if you want")
-        container = container_of(target)
-        dataset = _load(source, format, encoding, input_column, output_column, system)
-        if has_errors(dataset.findings):
-            refuse(dataset, "convert")
-        target_format = to or default_target(dataset.kind, container)
-        check_target(dataset.kind, target_format, container)
-        records, problems = [], []
-        for example in dataset.examples:
-            try:
-                records.append(example_to_record(example, target_format, container))
-            except NotConvertible as error:
-                problems.append(Finding(code="not_convertible", severity=Severity.ERROR, message=str(error),
-                                        hint="convert to chat (the default), which holds every example", file=dataset.path,
-                                        line=example.source.line, example=example.source.index))
-        if problems:
-            render.render_findings(errors, problems)
-            raise fail(f"{len(problems)} examples cannot be written as {target_format}; nothing was written", "choose another --to",
-                       EXIT_FINDINGS)
-        write_records(target, records, container)
+    if target.resolve() == source.resolve():
+        raise fail("the output is the input file", "write to a new file, then rename it if you want")
+    container = container_of(target)
+    dataset = _load(source, format, encoding, input_column, output_column, system)
+    if has_errors(dataset.findings):
+        refuse(dataset, "convert")
+    target_format = to or default_target(dataset.kind, container)
+    check_target(dataset.kind, target_format, container)
+    records, problems = [], []
+    for example in dataset.examples:
+        try:
+            records.append(example_to_record(example, target_format, container))
+        except NotConvertible as error:
+            problems.append(Finding(code="not_convertible", severity=Severity.ERROR, message=str(error),
+                                    hint=error.hint, file=dataset.path,
+                                    line=example.source.line, example=example.source.index))
+    if problems:
+        render.render_findings(errors, problems)
+        raise fail(f"{len(problems)} examples cannot be written as {target_format}; nothing was written", "choose another --to",
+                   EXIT_FINDINGS)
+    write_records(target, records, container)
     console.print(f"wrote {len(records)} examples to {target} ({target_format}, {container})", soft_wrap=True)
 
 
@@ -239,21 +235,20 @@ def split(
     output_column: OutputColumnOption = "answer",
 ) -> None:
     """Split a data file into train / val / test files in the same format, deterministically."""
-    with user_errors():
-        dataset = _load(file, format, encoding, input_column, output_column, None)
-        if has_errors(dataset.findings):
-            refuse(dataset, "split")
-        labels = None if stratify is None else _stratify_labels(dataset, stratify, compile_label_pattern(label_pattern))
-        parts = split_indices(len(dataset.examples), val_ratio, test_ratio, labels=labels, seed=seed).parts()
-        directory = out_dir or file.parent
-        written = []
-        for name in SPLIT_NAMES:
-            if not parts[name] and name != "train":
-                continue
-            path = directory / f"{file.stem}.{name}{file.suffix}"
-            records = [dataset.raw_records[dataset.examples[i].source.index] for i in parts[name]]
-            write_records(path, records, dataset.container)
-            written.append((name, path, parts[name]))
+    dataset = _load(file, format, encoding, input_column, output_column, None)
+    if has_errors(dataset.findings):
+        refuse(dataset, "split")
+    labels = None if stratify is None else _stratify_labels(dataset, stratify, compile_label_pattern(label_pattern))
+    parts = split_indices(len(dataset.examples), val_ratio, test_ratio, labels=labels, seed=seed).parts()
+    directory = out_dir or file.parent
+    written = []
+    for name in SPLIT_NAMES:
+        if not parts[name] and name != "train":
+            continue
+        path = directory / f"{file.stem}.{name}{file.suffix}"
+        records = [dataset.raw_records[dataset.examples[i].source.index] for i in parts[name]]
+        write_records(path, records, dataset.container)
+        written.append((name, path, parts[name]))
     table = Table(title=f"split of {file} (seed {seed})", title_justify="left")
     for column in ("split", "file", "examples"):
         table.add_column(column, overflow="fold")

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from togi.cli import render
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags, local_chat_model
-from togi.cli.common import EXIT_FINDINGS, errors, fail, quiet_libraries, user_errors
+from togi.cli.common import EXIT_FINDINGS, errors, fail, quiet_libraries
 from togi.cli.data import EncodingOption, LabelPatternOption, console, refuse
 from togi.cli.terminal import styled
 from togi.data.findings import Severity, has_errors
@@ -72,26 +72,25 @@ def prefs_command(
         raise fail("a judge is needed to pick the best and the worst answer",
                    "--judge-url URL --judge-model NAME for an OpenAI-compatible endpoint, or --judge-model PATH for a local model")
     out = out or prompts.with_name(f"{prompts.stem}.prefs.jsonl")
-    with user_errors():
-        if out.resolve() == prompts.resolve():
-            raise fail("--out is the prompts file", "write the pairs to another file")
-        rows, findings = load_prompts(prompts, LoadOptions(encoding=encoding))
-        _refuse_findings(findings, prompts, "prompts")
-        if not rows:
-            raise fail(f"{prompts} holds no prompts", "write one prompt per line")
-        sampler = local_chat_model(model or EMBEDDED_MODEL_NAME, role="the model", flag="--model")
-        judge, judge_name = chat_client_from_flags(judge_url, judge_model, role="the judge", flags=("--judge-url", "--judge-model"),
-                                                   key_variables=JUDGE_KEY_VARIABLES)
-        options = PrefsOptions(n=n, seed=seed, both_orders=both_orders, system=sampler.system, judge_name=judge_name)
+    if out.resolve() == prompts.resolve():
+        raise fail("--out is the prompts file", "write the pairs to another file")
+    rows, findings = load_prompts(prompts, LoadOptions(encoding=encoding))
+    _refuse_findings(findings, prompts, "prompts")
+    if not rows:
+        raise fail(f"{prompts} holds no prompts", "write one prompt per line")
+    sampler = local_chat_model(model or EMBEDDED_MODEL_NAME, role="the model")
+    judge, judge_name = chat_client_from_flags(judge_url, judge_model, role="the judge", flags=("--judge-url", "--judge-model"),
+                                               key_variables=JUDGE_KEY_VARIABLES)
+    options = PrefsOptions(n=n, seed=seed, both_orders=both_orders, system=sampler.system, judge_name=judge_name)
 
-        def sample(conversation: list[dict[str, str]], prompt_seed: int) -> list[str]:
-            return sampler.sample(conversation, n, ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=prompt_seed))
+    def sample(conversation: list[dict[str, str]], prompt_seed: int) -> list[str]:
+        return sampler.sample(conversation, n, ChatSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=prompt_seed))
 
-        try:
-            with _progress("sampling and judging", len(rows)) as advance:
-                summary = generate_preference_pairs(rows, sample, judge.complete, out, options, progress=advance)
-        except ChatClientError as error:
-            raise fail(str(error), f"the pairs written so far stay in {out}; run the same command again to continue") from None
+    try:
+        with _progress("sampling and judging", len(rows)) as advance:
+            summary = generate_preference_pairs(rows, sample, judge, out, options, progress=advance)
+    except ChatClientError as error:  # what this command leaves behind belongs in the hint; main.py reports it
+        raise ChatClientError(error.message, f"{error.hint}; the pairs written so far stay in {out}: run the same command again to continue") from None
     if summary.dropped_partial_line:
         errors.print(f"note: dropped a cut-off last line of {out} (left by an interrupted run)", soft_wrap=True, highlight=False)
     for skip in summary.skipped[:10]:
@@ -134,25 +133,24 @@ def augment_command(
     if not url and not model:
         raise fail("augmentation needs a model",
                    f"--url URL --model NAME for an OpenAI-compatible endpoint, or --model PATH (or {EMBEDDED_MODEL_NAME}) for a local one")
-    with user_errors():
-        options = AugmentOptions(paraphrases=paraphrases, back_translate=parse_language_pair(back_translate) if back_translate else None,
-                                 label_pattern=compile_label_pattern(label_pattern))
-        if target.resolve() == source.resolve():
-            raise fail("OUT is IN", "write to a new file; IN is never modified")
-        if container_of(source) != "jsonl" or container_of(target) != "jsonl":
-            raise fail("augment reads and writes JSONL, so that IN's lines are copied unchanged", f"convert first: togi data convert {source} data.jsonl")
-        dataset = load_dataset(source, LoadOptions(encoding=encoding))
-        if has_errors(dataset.findings):
-            refuse(dataset, "augment")
-        require_augmentable(dataset)
-        client, _ = chat_client_from_flags(url, model, role="the augmentation model", flags=("--url", "--model"), key_variables=AUGMENT_KEY_VARIABLES)
-        try:
-            with _progress("augmenting", len(dataset.examples)) as advance:
-                result = augment_dataset(dataset, lambda messages: client.complete(messages, temperature=temperature, max_tokens=max_tokens),
-                                         options, progress=advance)
-        except ChatClientError as error:
-            raise fail(str(error), "nothing was written; run the command again once the model answers") from None
-        write_augmented(source, target, result.records, encoding)
+    options = AugmentOptions(paraphrases=paraphrases, back_translate=parse_language_pair(back_translate) if back_translate else None,
+                             label_pattern=compile_label_pattern(label_pattern))
+    if target.resolve() == source.resolve():
+        raise fail("OUT is IN", "write to a new file; IN is never modified")
+    if container_of(source) != "jsonl" or container_of(target) != "jsonl":
+        raise fail("augment reads and writes JSONL, so that IN's lines are copied unchanged", f"convert first: togi data convert {source} data.jsonl")
+    dataset = load_dataset(source, LoadOptions(encoding=encoding))
+    if has_errors(dataset.findings):
+        refuse(dataset, "augment")
+    require_augmentable(dataset)
+    client, _ = chat_client_from_flags(url, model, role="the augmentation model", flags=("--url", "--model"), key_variables=AUGMENT_KEY_VARIABLES)
+    try:
+        with _progress("augmenting", len(dataset.examples)) as advance:
+            result = augment_dataset(dataset, lambda messages: client.complete(messages, temperature=temperature, max_tokens=max_tokens),
+                                     options, progress=advance)
+    except ChatClientError as error:  # what this command leaves behind belongs in the hint; main.py reports it
+        raise ChatClientError(error.message, f"{error.hint}; nothing was written: run the command again once the model answers") from None
+    write_augmented(source, target, result.records, encoding)
     rejected = sum(result.rejected.values())
     console.print(f"wrote {target}: the {len(dataset.raw_records)} records of {source} unchanged, then {len(result.records)} synthetic examples "
                   f"({result.generated} generated, {len(result.records)} kept, {rejected} rejected)", soft_wrap=True, highlight=False)

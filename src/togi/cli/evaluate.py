@@ -12,7 +12,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from togi.cli.chat_clients import JUDGE_KEY_VARIABLES, chat_client_from_flags
-from togi.cli.common import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
 
 console = make_console()
@@ -46,23 +46,18 @@ def eval_command(
 ) -> None:
     """Evaluate a tuned model against its base (or another run) with the same greedy decoding."""
     from togi.evaluate.metrics import HIGHER_IS_BETTER
-    from togi.evaluate.runner import EvalOptions, EvaluationError, evaluate_run, gate_failures, write_report
-    from togi.models.chat_client import ChatClientError
+    from togi.evaluate.runner import EvalOptions, evaluate_run, gate_failures, write_report
 
     quiet_libraries()
     floors = _parse_floors(fail_below or [])
-    with user_errors():
-        judge, judge_name = chat_client_from_flags(judge_url, judge_model, role="the judge", flags=("--judge-url", "--judge-model"),
-                                                   key_variables=JUDGE_KEY_VARIABLES)
-        options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-                              label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else (),
-                              judge=judge, judge_name=judge_name)
-        try:
-            with console.status("generating answers with the tuned model and the baseline ..."):
-                report = evaluate_run(run_dir, options)
-        except (EvaluationError, ChatClientError) as error:
-            raise fail(str(error), "see `togi eval --help`") from None
-        path = write_report(report, out or run_dir / "eval")
+    judge, judge_name = chat_client_from_flags(judge_url, judge_model, role="the judge", flags=("--judge-url", "--judge-model"),
+                                               key_variables=JUDGE_KEY_VARIABLES)
+    options = EvalOptions(data=data, baseline=baseline, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                          label_pattern=label_pattern, labels=tuple(label.strip() for label in labels.split(",")) if labels else (),
+                          judge=judge, judge_name=judge_name)
+    with console.status("generating answers with the tuned model and the baseline ..."):
+        report = evaluate_run(run_dir, options)
+    path = write_report(report, out or run_dir / "eval")
     table = Table(title=f"{report.n_examples} examples from {report.data}", title_justify="left")
     for column in ("metric", "tuned", report.baseline.name, "delta"):
         table.add_column(column, justify="right" if column != "metric" else "left")
@@ -97,10 +92,7 @@ def review_command(
     it again to continue. Answers come from standard input, so it can be piped."""
     from togi.evaluate.review import CRITERIA, load_review_items, means, run_review
 
-    try:
-        items = load_review_items(source, model)
-    except FileNotFoundError as error:
-        raise fail(str(error), "evaluate the run first") from None
+    items = load_review_items(source, model)
     csv_path = scores or (source / "eval" if source.is_dir() else source.parent) / "review.csv"
 
     def show(item: Any, position: int, total: int) -> None:

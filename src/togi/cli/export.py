@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from togi.cli.common import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
 
 console = make_console()
@@ -52,8 +52,6 @@ def export_command(
     togi export runs/my-run --to onnx
     togi export runs/my-run --to hub --repo-id my-org/my-model --private --dry-run
     """
-    from togi.export import ExportError
-
     if to not in TARGETS:
         raise fail(f"unknown --to {to!r}", f"choose one of: {', '.join(TARGETS)}")
     if to == "hub" and not repo_id:
@@ -62,22 +60,18 @@ def export_command(
         raise fail(f"unknown --upload {upload!r}", "choose merged or adapter")
     quiet_libraries()
     destination = out or run_dir / "export" / to
-    with user_errors():
-        try:
-            if to in ("gguf", "ollama"):
-                _export_gguf_or_ollama(run_dir, destination, to, quant or ("f16" if to == "gguf" else "q8_0"), verify)
-            elif to == "onnx":
-                _export_onnx(run_dir, destination)
-            elif to == "hub":
-                _export_hub(run_dir, destination, repo_id or "", private, upload, dry_run, hub_url, token)
-            else:
-                from togi.export.merge import export_adapter, export_merged
+    if to in ("gguf", "ollama"):
+        _export_gguf_or_ollama(run_dir, destination, to, quant or ("f16" if to == "gguf" else "q8_0"), verify)
+    elif to == "onnx":
+        _export_onnx(run_dir, destination)
+    elif to == "hub":
+        _export_hub(run_dir, destination, repo_id or "", private, upload, dry_run, hub_url, token)
+    else:
+        from togi.export.merge import export_adapter, export_merged
 
-                path = (export_merged if to == "merged" else export_adapter)(run_dir, destination)
-                loader = "AutoModelForCausalLM" if to == "merged" else "peft.AutoPeftModelForCausalLM"
-                _say(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))")
-        except ExportError as error:
-            raise fail(str(error), "see `togi export --help`") from None
+        path = (export_merged if to == "merged" else export_adapter)(run_dir, destination)
+        loader = "AutoModelForCausalLM" if to == "merged" else "peft.AutoPeftModelForCausalLM"
+        _say(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))")
 
 
 def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str, verify: bool) -> None:

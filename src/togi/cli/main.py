@@ -2,24 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
+import click
 import typer
+from rich.text import Text
+from typer.core import TyperGroup
 
-from togi.cli import data
+from togi.cli import data, render
 from togi.cli.chat import chat_command
+from togi.cli.common import EXIT_FINDINGS, EXIT_USAGE, errors, fail
 from togi.cli.data_generation import augment_command, prefs_command
 from togi.cli.evaluate import eval_app
 from togi.cli.export import export_command
 from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
-from togi.cli.terminal import echo
+from togi.cli.terminal import echo, styled
 from togi.cli.train import train_command
 from togi.version import __version__
+from togi.config import ConfigError
+from togi.errors import TogiError
+
+BUG_NOTE = "togi: this is a bug in togi, not a problem with your input; please report it with the traceback below"
+
+
+def render_config_error(error: ConfigError) -> typer.Exit:
+    """Every problem of a recipe, each at its field and line with its own hint."""
+    errors.print(Text(f"togi: the recipe has {len(error.issues)} problem(s) ({error.source}):", style="bold red"), soft_wrap=True)
+    for issue in error.issues:
+        where = f"{error.source}:{issue.line} " if issue.line else ""
+        errors.print(Text(f"  {where}{issue.path}: {issue.message}", style="red"), soft_wrap=True)
+        errors.print(Text(f"      hint: {issue.hint}", style="dim"), soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def report(error: TogiError) -> typer.Exit:
+    """The data's findings, then the message and its hint; exit 1 when the data or the run failed, 2 otherwise."""
+    if isinstance(error, ConfigError):
+        return render_config_error(error)
+    if error.findings:
+        render.render_findings(errors, list(error.findings))
+    return fail(error.message, error.hint, EXIT_FINDINGS if error.work_failed else EXIT_USAGE)
+
+
+class TogiGroup(TyperGroup):
+    """The root command, and the one place where the CLI catches togi's errors: a ``TogiError`` from any command
+    is reported with its hint and no traceback; anything else is a bug in togi, and is shown as one."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TogiError as error:
+            raise report(error) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, EOFError):
+            raise  # click's own way out: an exit code, a usage error, Ctrl-C or the end of input
+        except Exception:
+            errors.print(styled((BUG_NOTE, "bold red")), soft_wrap=True)
+            raise
+
 
 app = typer.Typer(
     name="togi",
     help="togi (研ぎ): sharpen a pretrained language model for one task on your own data.",
+    cls=TogiGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from togi.cli.common import fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console, print_json
 
 console = make_console()
@@ -29,17 +29,13 @@ def predict_command(
     togi predict runs/reviews-classification --file reviews.txt --top-k 3 --json
     """
     from togi.data.texts import read_texts
-    from togi.serve.classifier import NotAClassifierRun, load_classification_run
+    from togi.serve.classifier import load_classification_run
 
     quiet_libraries()
-    with user_errors():
-        inputs = list(texts or []) + (read_texts(file) if file is not None else [])
-        if not inputs:
-            raise fail("nothing to classify", f"pass texts after the run directory, or --file FILE: togi predict {run_dir} \"a text\"")
-        try:
-            classifier = load_classification_run(run_dir)
-        except NotAClassifierRun as error:
-            raise fail(error.message, error.hint) from None
+    inputs = list(texts or []) + (read_texts(file) if file is not None else [])
+    if not inputs:
+        raise fail("nothing to classify", f"pass texts after the run directory, or --file FILE: togi predict {run_dir} \"a text\"")
+    classifier = load_classification_run(run_dir)
     predictions = classifier.predict(inputs)
     if json_lines:
         for prediction in predictions:

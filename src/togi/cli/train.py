@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.text import Text
 
-from togi.cli import render
-from togi.cli.common import errors, fail, quiet_libraries, user_errors
+from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
-from togi.config import ConfigError, TrainConfig, load_config
+from togi.config import TrainConfig, load_config
 
 console = make_console()
-
-
-def _render_config_error(error: ConfigError) -> typer.Exit:
-    errors.print(Text(f"togi: the recipe has {len(error.issues)} problem(s) ({error.source}):", style="bold red"))
-    for issue in error.issues:
-        where = f"{error.source}:{issue.line} " if issue.line else ""
-        errors.print(Text(f"  {where}{issue.path}: {issue.message}", style="red"), soft_wrap=True)
-        errors.print(Text(f"      hint: {issue.hint}", style="dim"), soft_wrap=True)
-    return typer.Exit(2)
 
 
 def train_command(
@@ -57,57 +46,31 @@ def train_command(
         overrides.append("data.train_on_prompt=true")
     if auto_batch:
         overrides.append("training.auto_batch=true")
-    try:
-        if resume is not None:
-            if recipe is not None or overrides:
-                raise fail("--resume continues a run exactly as it was configured", f"drop the other arguments; the recipe is {resume}/config.yaml")
-            if not (resume / "config.yaml").is_file():
-                raise fail(f"{resume} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
-            config = load_config(resume / "config.yaml")
-        else:
-            config = load_config(recipe, overrides)
-    except ConfigError as error:
-        raise _render_config_error(error) from None
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise fail("--resume continues a run exactly as it was configured", f"drop the other arguments; the recipe is {resume}/config.yaml")
+        if not (resume / "config.yaml").is_file():
+            raise fail(f"{resume} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
+        config = load_config(resume / "config.yaml")
+    else:
+        config = load_config(recipe, overrides)
     _run(config, resume)
 
 
 def _run_stage(config: TrainConfig) -> None:
-    from togi.train.preference import StageDataError, train_stage
+    from togi.train.preference import train_stage
 
     quiet_libraries()
-    with training_errors():
-        try:
-            run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
-        except StageDataError as error:
-            raise fail(str(error), "see the stage's data formats in `togi data convert --help`", 1) from None
+    run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
     console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
     console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
-
-
-@contextmanager
-def training_errors() -> Iterator[None]:
-    """Bad data, a bad recipe found while loading, or a failed run: one message with a hint, no traceback."""
-    from togi.train import TrainingFailed
-    from togi.train.data import TrainingDataError
-
-    with user_errors():
-        try:
-            yield
-        except TrainingDataError as error:
-            render.render_findings(errors, error.findings)
-            raise fail(str(error), "fix the data, then train again", 1) from None
-        except ConfigError as error:
-            raise _render_config_error(error) from None
-        except TrainingFailed as error:
-            raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
 
 
 def _run_classification(config: TrainConfig) -> None:
     from togi.train.classification import train_classifier
 
     quiet_libraries()
-    with training_errors():
-        result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True))
+    result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True))
     scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
               if result.accuracy is not None else ", no validation split")
     console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
@@ -128,8 +91,7 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
     from togi.train.samples import render_samples
 
     quiet_libraries()
-    with training_errors():
-        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
+    result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
     if result.samples:
         render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"

@@ -26,6 +26,7 @@ from togi.data.examples import ChatExample, ClassificationExample, Dataset, Exam
 from togi.data.json_reply import first_json
 from togi.data.quality import normalize_text
 from togi.data.writer import atomic_write_bytes, example_to_record
+from togi.errors import TogiError
 
 LANGUAGES = {"ja": "Japanese", "en": "English", "zh": "Chinese", "ko": "Korean", "fr": "French", "de": "German", "es": "Spanish",
              "it": "Italian", "pt": "Portuguese", "ru": "Russian", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian"}
@@ -45,8 +46,10 @@ REJECT_REASONS = {
 Complete = Callable[[list[dict[str, str]]], str]
 
 
-class AugmentError(ValueError):
-    pass
+class AugmentError(TogiError, ValueError):
+    """Options or data that augmentation cannot work with."""
+
+    hint = "see `togi data augment --help`"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ def parse_language_pair(value: str) -> tuple[str, str]:
     """``"ja:en"`` -> ("ja", "en")."""
     source, _, pivot = value.strip().lower().partition(":")
     if not source or not pivot or source == pivot:
-        raise AugmentError(f"--back-translate {value!r} is not SOURCE:PIVOT, e.g. ja:en (Japanese to English and back)")
+        raise AugmentError(f"--back-translate {value!r} is not SOURCE:PIVOT, e.g. ja:en (Japanese to English and back)",
+                           "two different language codes joined by a colon")
     return source, pivot
 
 
@@ -187,7 +191,8 @@ def _candidates(source: str, complete: Complete, options: AugmentOptions, result
 
 def require_augmentable(dataset: Dataset) -> None:
     if dataset.kind not in (ExampleKind.CHAT, ExampleKind.CLASSIFICATION):
-        raise AugmentError(f"{dataset.path} holds {dataset.kind.value} examples; augmentation rewrites the inputs of chat or classification data")
+        raise AugmentError(f"{dataset.path} holds {dataset.kind.value} examples; augmentation rewrites the inputs of chat or classification data",
+                           "pass a chat or classification data file")
 
 
 def augment_dataset(dataset: Dataset, complete: Complete, options: AugmentOptions,

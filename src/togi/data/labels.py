@@ -13,10 +13,13 @@ import re
 from typing import Sequence
 
 from togi.data.examples import ClassificationExample, Example, KTOExample
+from togi.errors import TogiError
 
 
-class LabelPatternError(ValueError):
-    pass
+class LabelPatternError(TogiError, ValueError):
+    """A label pattern that is not a regular expression."""
+
+    hint = "its first group is the label, e.g. --label-pattern 'ラベル: (\\S+)'"
 
 
 def compile_label_pattern(pattern: str | None) -> re.Pattern[str] | None:

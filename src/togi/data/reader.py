@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from togi.data.findings import Finding, Severity
+from togi.errors import TogiError
 
 # A single record larger than this is almost certainly a mistake (a whole file on one line, an
 # embedded binary); parsing it would only waste memory.
@@ -31,14 +32,12 @@ CONTAINERS = ("jsonl", "json", "csv", "tsv")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 
 
-class DataFileError(Exception):
+class DataFileError(TogiError):
     """The file cannot be read at all (missing, a directory, unknown type). One line for the user."""
 
-    def __init__(self, path: Path | str, message: str, hint: str) -> None:
-        super().__init__(f"{path}: {message}")
+    def __init__(self, path: Path | str, problem: str, hint: str) -> None:
+        super().__init__(f"{path}: {problem}", hint)
         self.path = str(path)
-        self.message = message
-        self.hint = hint
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,15 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
+from togi.errors import TogiError
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
-    pass
+class SplitError(TogiError, ValueError):
+    """Ratios or labels no split can satisfy."""
+
+    hint = "see `togi data split --help`"
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ def _largest_remainder(quotas: dict[str, float], total: int, capacity: dict[str,
 
 def split_indices(n: int, val_ratio: float, test_ratio: float = 0.0, *, labels: list[str] | None = None, seed: int = 42) -> Split:
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
-        raise SplitError(f"--val-ratio {val_ratio} and --test-ratio {test_ratio} must be in [0, 1) and add up to less than 1")
+        raise SplitError(f"--val-ratio {val_ratio} and --test-ratio {test_ratio} must be in [0, 1) and add up to less than 1",
+                         "e.g. --val-ratio 0.1 --test-ratio 0.1")
     n_val, n_test = split_size(n, val_ratio), split_size(n, test_ratio)
     if n - n_val - n_test < 1:
-        raise SplitError(f"{n} examples are too few for these ratios: nothing would be left to train on")
+        raise SplitError(f"{n} examples are too few for these ratios: nothing would be left to train on",
+                         "lower the ratios, or add examples")
     rng = random.Random(seed)
     if labels is None:
         order = list(range(n))

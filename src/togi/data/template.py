@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from togi.data.examples import ChatExample, ClassificationExample, Example, KTOExample, Message, PreferenceExample
+from togi.errors import TogiError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,8 +44,10 @@ FALLBACK_CHAT_TEMPLATE = (
 _OPEN, _CLOSE = "\ufdd0", "\ufdd1"
 
 
-class ChatTemplateError(Exception):
+class ChatTemplateError(TogiError):
     """The model's template cannot be used to locate the trained tokens."""
+
+    hint = "train on every token (data.train_on_prompt: true, or --train-on-prompt), or give the model a chat template that renders each turn once"
 
 
 def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> tuple[str, bool]:

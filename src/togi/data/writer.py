@@ -25,6 +25,7 @@ from togi.data.examples import (
 )
 from togi.data.formats import FORMAT_KINDS
 from togi.data.reader import container_of
+from togi.errors import TogiError
 
 DEFAULT_TARGET = {
     ExampleKind.CHAT: "chat",
@@ -34,8 +35,10 @@ DEFAULT_TARGET = {
 }
 
 
-class NotConvertible(ValueError):
+class NotConvertible(TogiError, ValueError):
     """This example cannot be expressed in the target format (the reason says why)."""
+
+    hint = "convert to chat (the default), which holds every example"
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -97,9 +100,11 @@ def default_target(kind: ExampleKind, container: str) -> str:
 def check_target(kind: ExampleKind, target: str, container: str = "jsonl") -> None:
     if FORMAT_KINDS.get(target) is not kind:
         compatible = [name for name, format_kind in FORMAT_KINDS.items() if format_kind is kind]
-        raise NotConvertible(f"{kind.value} examples cannot be written as {target}; choose one of: {', '.join(compatible)}")
+        raise NotConvertible(f"{kind.value} examples cannot be written as {target}; choose one of: {', '.join(compatible)}",
+                             "pass one of them with --to")
     if container in ("csv", "tsv") and target not in TABLE_FORMATS:
-        raise NotConvertible(f"{target} records hold message lists, which do not fit in {container.upper()} columns; write .jsonl instead")
+        raise NotConvertible(f"{target} records hold message lists, which do not fit in {container.upper()} columns; write .jsonl instead",
+                             "name the output file .jsonl, or convert to pairs")
 
 
 def example_to_record(example: Example, target: str, container: str = "jsonl") -> dict[str, Any]:

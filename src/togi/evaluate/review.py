@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
+from togi.data.reader import DataFileError
+
 CRITERIA = ("accuracy", "relevance", "expertise")
 CSV_COLUMNS = ("index", "line", "criterion", "score", "reviewed_at")
 
@@ -32,7 +34,7 @@ def load_review_items(path: Path, model: str = "tuned") -> list[ReviewItem]:
     """Items from an evaluation's records.jsonl (one model's answers), or from a run directory's eval/."""
     records_path = path / "eval" / "records.jsonl" if path.is_dir() else path
     if not records_path.is_file():
-        raise FileNotFoundError(f"{records_path} does not exist: run `togi eval RUN_DIR --data TEST_FILE` first")
+        raise DataFileError(records_path, "does not exist: the run has not been evaluated yet", "run `togi eval RUN_DIR --data TEST_FILE` first")
     items = []
     for text in records_path.read_text(encoding="utf-8").splitlines():
         record = json.loads(text)

@@ -19,6 +19,7 @@ from togi.data.formats import load_dataset
 from togi.data.labels import compile_label_pattern
 from togi.data.template import render_chat, tokenize_chat
 from togi.data.writer import atomic_write_text
+from togi.errors import TogiError
 from togi.evaluate import metrics
 from togi.evaluate.html_report import render_html
 from togi.evaluate.judge import judge_pairs
@@ -28,8 +29,8 @@ from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 
 
-class EvaluationError(Exception):
-    pass
+class EvaluationError(TogiError):
+    """The run or the test data cannot be evaluated."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,15 @@ class EvalReport:
 def _run_model(run_dir: Path) -> tuple[Any, Any, bool, Any]:
     """(model, tokenizer, is_adapter, base loader) of a training run directory."""
     if not (run_dir / "config.yaml").is_file():
-        raise EvaluationError(f"{run_dir} is not a togi run directory (no config.yaml)")
+        raise EvaluationError(f"{run_dir} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
     config = load_config(run_dir / "config.yaml")
     plan = plan_device("auto")
     source = resolve_model(config.model)
     is_adapter = config.traits.adapter
     output = run_dir / ("adapter" if is_adapter else "model")
     if not output.is_dir():
-        raise EvaluationError(f"{run_dir} has no trained {output.name}/ yet (did the run finish?)")
+        raise EvaluationError(f"{run_dir} has no trained {output.name}/ yet (did the run finish?)",
+                              f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
     tokenizer = load_tokenizer(str(output))
     if is_adapter:
         from peft import PeftModel
@@ -170,7 +172,8 @@ def evaluate_run(run_dir: Path | str, options: EvalOptions) -> EvalReport:
     dataset = load_dataset(options.data)
     examples = [example for example in dataset.examples if isinstance(example, ChatExample)][: options.limit]
     if not examples:
-        raise EvaluationError(f"{options.data} holds no valid chat examples; run `togi data check {options.data}`")
+        raise EvaluationError(f"{options.data} holds no valid chat examples; run `togi data check {options.data}`",
+                              "the test set is chat data whose last assistant message is the reference answer")
     extractor = None
     if options.label_pattern or options.labels:
         extractor = metrics.LabelExtractor(pattern=compile_label_pattern(options.label_pattern), labels=options.labels)

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from togi.errors import TogiError
+
 ROLES = ("system", "user", "assistant")
 SENTINEL = "TOGIPROBE{}Q"
 
@@ -32,8 +34,10 @@ CHECK_CONVERSATIONS: list[list[dict[str, str]]] = [
 ]
 
 
-class ChatFormatError(Exception):
+class ChatFormatError(TogiError):
     """The template does not fit the fixed-pieces form, so it cannot be translated faithfully."""
+
+    hint = "export with --to gguf, which carries the chat template itself instead of translating it"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from togi.export.chat_format import ChatFormat, ChatFormatError
 class TemplateMismatch(ExportError):
     """The export would be prompted or stopped differently from training."""
 
+    hint = "export from the run directory as training left it: the training template is recorded in its run.json"
+
 
 @dataclass(frozen=True)
 class TrainingChat:

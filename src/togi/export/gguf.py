@@ -46,10 +46,11 @@ def held_out_prompts(run_dir: Path, tokenizer: Any, count: int = 3) -> list[str]
 
 def export_gguf(run_dir: Path, out_dir: Path, quant: str = "f16", verify: bool = True) -> GGUFExport:
     if quant not in ALL_GGUF_TYPES:
-        raise ExportError(f"unknown GGUF type {quant!r}; choose one of: {', '.join(ALL_GGUF_TYPES)}")
+        raise ExportError(f"unknown GGUF type {quant!r}; choose one of: {', '.join(ALL_GGUF_TYPES)}", "pass one of them with --quant")
     if quant in llama_cpp.K_QUANTS and not llama_cpp.available():
         raise ExportError(f"--quant {quant} goes through llama.cpp's quantiser; {llama_cpp.INSTALL_HINT}. "
-                          "Without it, use q8_0 or q4_0.")
+                          "Without it, use q8_0 or q4_0.",
+                          "q8_0 and q4_0 are written without llama.cpp")
     model, tokenizer = tuned_model(run_dir)
     training = TrainingChat.of_run(run_dir, tokenizer)
     require_consistent([template_mismatch(f"the tokenizer saved in {run_dir}", tokenizer.chat_template, training)])
@@ -66,7 +67,7 @@ def export_gguf(run_dir: Path, out_dir: Path, quant: str = "f16", verify: bool =
             quantize_note = None
             write_gguf(model, tokenizer, path, quant, name=run_dir.name, end_of_turn_id=training.end_of_turn_id)
     except GGUFExportError as error:
-        raise ExportError(str(error)) from None
+        raise ExportError(error.message, error.hint) from None
     template, stops = read_gguf_chat(path)
     try:
         require_consistent([template_mismatch("the GGUF file", template, training), stop_mismatch("the GGUF file", stops, training)])

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from togi.errors import TogiError
+
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -22,8 +24,10 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 GGUF_ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
 
 
-class GGUFExportError(Exception):
-    pass
+class GGUFExportError(TogiError):
+    """A model or tokenizer that togi's GGUF writer does not cover yet."""
+
+    hint = "export with --to merged and convert that with llama.cpp's convert_hf_to_gguf.py"
 
 
 def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
@@ -71,7 +75,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str = "f16", n
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise GGUFExportError(f"GGUF export covers {', '.join(SUPPORTED_MODEL_TYPES)} models so far, not {config.model_type}")
     if gguf_type not in GGUF_TYPES:
-        raise GGUFExportError(f"unknown GGUF type {gguf_type!r}; choose one of: {', '.join(GGUF_TYPES)}")
+        raise GGUFExportError(f"unknown GGUF type {gguf_type!r}; choose one of: {', '.join(GGUF_TYPES)}", "pass one of them with --quant")
     quant = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
              "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[gguf_type]
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,

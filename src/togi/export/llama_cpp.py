@@ -46,7 +46,7 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> str | 
     """Quantise an F32/F16 GGUF to a K-quant type with llama.cpp's quantiser. Returns llama.cpp's note on
     tensors it had to quantise another way (rows not a multiple of 256), if any."""
     if not available():
-        raise ExportError(f"--quant {quant} needs llama.cpp; {INSTALL_HINT}")
+        raise ExportError(f"--quant {quant} needs llama.cpp; {INSTALL_HINT}", "or use --quant q8_0 or q4_0, which togi writes without it")
     import llama_cpp
 
     file_types = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
@@ -64,7 +64,8 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> str | 
     if status != 0 or not temporary.is_file():
         temporary.unlink(missing_ok=True)
         last = [line for line in messages.splitlines() if line.strip()][-1:] or ["no message"]
-        raise ExportError(f"llama.cpp could not quantise {source.name} to {quant} (status {status}): {last[0]}")
+        raise ExportError(f"llama.cpp could not quantise {source.name} to {quant} (status {status}): {last[0]}",
+                          "use --quant q8_0 or q4_0, which togi writes without llama.cpp")
     temporary.replace(target)
     fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", messages)
     if fallback:

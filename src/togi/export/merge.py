@@ -28,7 +28,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 
 def _run_config(run_dir: Path) -> TrainConfig:
     if not (run_dir / "config.yaml").is_file():
-        raise ExportError(f"{run_dir} is not a togi run directory (no config.yaml)")
+        raise ExportError(f"{run_dir} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
     return load_config(run_dir / "config.yaml")
 
 
@@ -87,12 +87,14 @@ def tuned_model(run_dir: Path) -> tuple[Any, Any]:
     if not config.traits.adapter:
         return load_causal_lm(resolve_model(str(run_dir / "model")), plan), load_tokenizer(str(run_dir / "model"))
     if not config.traits.lora:
-        raise ExportError(f"{config.method} adapters cannot be merged into the weights")
+        raise ExportError(f"{config.method} adapters cannot be merged into the weights",
+                          "load the adapter with PEFT over the base model; togi export --to adapter writes it")
     from peft import PeftModel
 
     adapter_dir = run_dir / "adapter"
     if not adapter_dir.is_dir():
-        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)")
+        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)",
+                          f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
     model = PeftModel.from_pretrained(load_causal_lm(resolve_model(config.model), plan), adapter_dir).merge_and_unload()
     return model, load_tokenizer(str(adapter_dir))
 
@@ -100,10 +102,12 @@ def tuned_model(run_dir: Path) -> tuple[Any, Any]:
 def export_adapter(run_dir: Path, out_dir: Path) -> Path:
     config = _run_config(run_dir)
     if not config.traits.adapter:
-        raise ExportError(f"a {config.method} run has no adapter; export it with --to merged")
+        raise ExportError(f"a {config.method} run has no adapter; export it with --to merged",
+                          "--to merged writes the whole trained model, which loads with AutoModelForCausalLM")
     adapter_dir = run_dir / "adapter"
     if not adapter_dir.is_dir():
-        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)")
+        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)",
+                          f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)

@@ -50,7 +50,8 @@ def constant_system_prompt(run_dir: Path) -> str | None:
 
 def _quoted(text: str) -> str:
     if '"""' in text:
-        raise ExportError('the text contains """, which a Modelfile cannot quote')
+        raise ExportError('the text contains """, which a Modelfile cannot quote',
+                          'remove """ from the system prompt of the training data, or export with --to gguf')
     return f'"""{text}"""'
 
 
@@ -89,7 +90,7 @@ def export_ollama(run_dir: Path, out_dir: Path, quant: str = "q8_0", verify: boo
     if training.format is None:
         gguf.path.unlink(missing_ok=True)
         raise ExportError(f"the training chat template cannot be written as an Ollama TEMPLATE: {training.format_problem}. "
-                          f"The GGUF export (--to gguf) carries the template itself.")
+                          f"The GGUF export (--to gguf) carries the template itself.", "export with --to gguf")
     # The pieces were already checked against the template on the probe conversations (TrainingChat.of_run).
     stops = list(dict.fromkeys(token for token in (training.end_of_turn, gguf.eos_token) if token))
     require_consistent([stop_mismatch("the Modelfile", set(stops), training)])

@@ -62,7 +62,8 @@ def load_for_onnx(source: Path) -> tuple[Any, Any, str]:
         model, tokenizer = tuned_model(source)
         return model, tokenizer, "causal-lm"
     if not (source / "config.json").is_file():
-        raise ExportError(f"{source} is neither a togi run directory nor a saved model (no config.yaml or config.json)")
+        raise ExportError(f"{source} is neither a togi run directory nor a saved model (no config.yaml or config.json)",
+                          "pass a run directory, or a model directory saved with save_pretrained")
     architectures = AutoConfig.from_pretrained(source).architectures or []
     if any(name.endswith("ForSequenceClassification") for name in architectures):
         return AutoModelForSequenceClassification.from_pretrained(source).eval(), load_tokenizer(str(source)), "classification"
@@ -98,7 +99,7 @@ def compare_with_onnxruntime(model: Any, tokenizer: Any, path: Path, texts: list
 
 def export_onnx(source: Path, out_dir: Path) -> ONNXExport:
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
-        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime; {INSTALL_HINT}")
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime; {INSTALL_HINT}", "then run the export again")
     import torch
 
     model, tokenizer, task = load_for_onnx(source)
@@ -119,7 +120,8 @@ def export_onnx(source: Path, out_dir: Path) -> ONNXExport:
         difference, agreement = compare_with_onnxruntime(model, tokenizer, staging / "model.onnx", check_texts(source, tokenizer))
         if difference > TOLERANCE:
             raise ExportError(f"onnxruntime's logits differ from PyTorch's by up to {difference:.3g} (more than {TOLERANCE:g}); "
-                              "nothing was exported")
+                              "nothing was exported",
+                              "this model does not convert faithfully to ONNX; export it with --to merged or --to gguf instead")
         tokenizer.save_pretrained(staging)
         model.config.save_pretrained(staging)
         if task == "causal-lm" and getattr(model, "generation_config", None) is not None:

@@ -13,9 +13,13 @@ import urllib.error
 import urllib.request
 from typing import Protocol
 
+from togi.errors import TogiError
 
-class ChatClientError(Exception):
+
+class ChatClientError(TogiError):
     """The model could not be asked: unreachable, an HTTP error, or a reply in another format."""
+
+    hint = "point the URL at an OpenAI-compatible endpoint: its base URL, ending in /v1"
 
 
 class ChatClient(Protocol):
@@ -51,9 +55,11 @@ class OpenAICompatibleClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 reply = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
-            raise ChatClientError(f"{self.role} at {self.url} answered HTTP {error.code}: {error.read()[:300]!r}") from None
+            raise ChatClientError(f"{self.role} at {self.url} answered HTTP {error.code}: {error.read()[:300]!r}",
+                                  "check the model name and the API key the endpoint expects (see --help for its variable)") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            raise ChatClientError(f"cannot reach {self.role} at {self.url}: {getattr(error, 'reason', error)}") from None
+            raise ChatClientError(f"cannot reach {self.role} at {self.url}: {getattr(error, 'reason', error)}",
+                                  "start the server, or check the URL") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ChatClientError(f"{self.role} at {self.url} did not answer with JSON") from None
         try:

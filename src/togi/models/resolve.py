@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from togi.errors import TogiError
 from togi.models.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelMissing, embedded_gguf_path, ensure_embedded_model
 from togi.models.encoder import ENCODER_MODEL_NAME, EncoderModelMissing, encoder_model_dir
 
@@ -19,11 +20,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-class ModelNotFound(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+class ModelNotFound(TogiError):
+    """A model reference that names nothing loadable here."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +43,12 @@ def resolve_model(reference: str | None, log: Callable[[str], None] = lambda mes
         try:
             return ModelSource(reference, ensure_embedded_model(log))
         except EmbeddedModelMissing as error:
-            raise ModelNotFound(str(error), error.hint) from error
+            raise ModelNotFound(error.message, error.hint) from error
     if reference == ENCODER_MODEL_NAME:
         try:
             return ModelSource(reference, encoder_model_dir())
         except EncoderModelMissing as error:
-            raise ModelNotFound(str(error), error.hint) from error
+            raise ModelNotFound(error.message, error.hint) from error
     path = Path(reference).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():

@@ -14,12 +14,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from togi.errors import TogiError
+
 Emit = Callable[[int | None, str | None], None]
 Event = tuple[int | None, str | None]
 
 
-class GenerationFailed(Exception):
+class GenerationFailed(TogiError):
     """The model failed while answering (the generator's message)."""
+
+    hint = "retry the request; if it fails again, the server's log says why"
 
 
 @dataclass

@@ -15,15 +15,13 @@ from typing import Any
 import torch
 
 from togi.config import load_config
+from togi.errors import TogiError
 from togi.models.device import plan_device
 from togi.train.run_dir import RunDirectory
 
 
-class NotAClassifierRun(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+class NotAClassifierRun(TogiError):
+    """The directory is not a finished run of ``task: classification``."""
 
 
 @dataclass(frozen=True)

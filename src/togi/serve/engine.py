@@ -22,13 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from togi.errors import TogiError
+
 log = logging.getLogger("togi.serve")
 
 MIXED = "__mixed__"  # the batch of the base and every adapter PEFT can mix in one forward pass
 
 
-class ServerBusy(Exception):
+class ServerBusy(TogiError):
     """More requests are waiting for this model than its queue holds."""
+
+    hint = "retry in a moment; the server takes more waiting requests with `togi serve --max-waiting N`"
 
 
 @dataclass(eq=False)

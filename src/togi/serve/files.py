@@ -10,13 +10,16 @@ import unicodedata
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from togi.errors import TogiError
 from togi.serve.store import Store, new_id
 
 CHUNK = 1 << 20
 
 
-class FileTooLarge(Exception):
-    pass
+class FileTooLarge(TogiError):
+    """An upload over the server's size limit."""
+
+    hint = "split the file, or start the server with a larger `togi serve --max-file-mb`"
 
 
 def clean_filename(name: str | None) -> str:

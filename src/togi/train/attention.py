@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from togi.train.library_adapters import attention_implementation
+
 PER_EXAMPLE_SDPA = "togi_sdpa_per_example"
 
 
@@ -54,7 +56,7 @@ def per_example_attention(model: nn.Module) -> Iterator[None]:
     SDPA; its own implementation is back when the block ends, so saved configs and later generation never name
     togi's function."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    before = causal_lm.config._attn_implementation
+    before = attention_implementation(causal_lm)
     if before != "sdpa":
         yield
         return

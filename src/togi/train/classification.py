@@ -93,7 +93,7 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
     started = time.perf_counter()
     run = RunDirectory(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):
-        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir", run.path)
+        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir", run.path, "set output_dir (--output-dir) to a new directory")
     warnings: list[str] = []
 
     def warn(message: str) -> None:

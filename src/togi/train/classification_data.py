@@ -47,7 +47,7 @@ def load_classification_data(config: TrainConfig, tokenizer: PreTrainedTokenizer
         unknown = [_unknown_label(example, labels) for example in val if example.label not in labels]
         if unknown:
             raise TrainingDataError(f"{config.data.val_file} has {len(unknown)} examples whose label never occurs in the training data",
-                                    unknown)
+                                    unknown, "give the validation examples only labels the training data has, or add training examples of those labels")
         return ClassificationData(train=train, val=val, labels=labels, warnings=warnings + val_warnings)
     labels = sorted({example.label for example in train})
     if config.data.val_ratio == 0 or len(train) < 10:

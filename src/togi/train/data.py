@@ -18,6 +18,7 @@ from togi.data.split import split_indices
 from togi.data.template import tokenize_chat
 from togi.data.validate import CheckOptions, check_dataset
 from togi.data.writer import example_to_record, write_records
+from togi.errors import TogiError
 
 if TYPE_CHECKING:
     import datasets
@@ -26,11 +27,14 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-class TrainingDataError(Exception):
+class TrainingDataError(TogiError):
     """The data cannot be trained on; ``findings`` say why and where."""
 
-    def __init__(self, message: str, findings: list[Finding]) -> None:
-        super().__init__(message)
+    hint = "fix the data, then train again"
+    work_failed = True
+
+    def __init__(self, message: str, findings: list[Finding], hint: str | None = None) -> None:
+        super().__init__(message, hint)
         self.findings = findings
 
 
@@ -56,7 +60,8 @@ def _load_checked(path: Path, config: TrainConfig, tokenizer: PreTrainedTokenize
     if dataset.kind is not ExampleKind.CHAT:
         raise TrainingDataError(
             f"{path} holds {dataset.kind.value} examples; supervised fine-tuning needs chat data "
-            "(messages, alpaca, input/output pairs or CSV question/answer)", [])
+            "(messages, alpaca, input/output pairs or CSV question/answer)", [],
+            "preference pairs train with --stage dpo, orpo or reward, KTO rows with --stage kto, text and label rows with --task classification")
     return dataset, [finding for finding in findings if finding.severity is Severity.WARNING]
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from togi.config import TrainConfig
 from togi.data.examples import ChatExample, ExampleKind, KTOExample, PreferenceExample
 from togi.data.formats import load_dataset
+from togi.errors import TogiError
 from togi.models.device import plan_device
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
@@ -36,8 +37,10 @@ from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, 
 from togi.train.runnable import check_runnable
 
 
-class StageDataError(Exception):
-    pass
+class StageDataError(TogiError):
+    """A preference or RL stage cannot run on what it was given: the data, the reward function or the output directory."""
+
+    work_failed = True
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:
@@ -63,7 +66,8 @@ def preference_rows(path: Path, stage: str) -> list[dict[str, Any]]:
         return [{"prompt": _messages(e.prompt_messages)} for e in dataset.examples if isinstance(e, ChatExample)]
     raise StageDataError(f"{path} holds {dataset.kind.value} examples; stage {stage} needs "
                          + ("preference pairs or KTO rows" if stage == "kto" else "prompts (chat or preference data)" if stage == "rlhf"
-                            else "preference pairs (prompt/chosen/rejected, or OpenAI's DPO format)"))
+                            else "preference pairs (prompt/chosen/rejected, or OpenAI's DPO format)"),
+                         "see the stage's data formats in `togi data convert --help`")
 
 
 def _common_arguments(config: TrainConfig, run: RunDirectory, has_val: bool) -> dict[str, Any]:
@@ -97,7 +101,8 @@ def load_reward_function(reference: str) -> Callable[..., list[float]]:
     try:
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise StageDataError(f"rlhf.reward_function {reference!r} cannot be imported ({error}); give it as 'module:function'") from None
+        raise StageDataError(f"rlhf.reward_function {reference!r} cannot be imported ({error}); give it as 'module:function'",
+                             "the module must be importable where togi runs (on PYTHONPATH)") from None
 
 
 def _reward_model(reference: str) -> Any:
@@ -122,7 +127,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     stage = config.stage
     run = RunDirectory(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):
-        raise StageDataError(f"{run.path} already holds a run; choose another output_dir")
+        raise StageDataError(f"{run.path} already holds a run; choose another output_dir", "set output_dir (--output-dir) to a new directory")
     rows = preference_rows(config.data.train_file, stage)
     val_rows = preference_rows(config.data.val_file, stage) if config.data.val_file else []
     source = resolve_model(config.model, log)

@@ -9,7 +9,7 @@ Everything a run needs to be understood later is written to its run directory (s
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +18,19 @@ from typing import Any, Callable, Sequence
 from togi.config import TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
+from togi.errors import TogiError
 from togi.models.device import DevicePlan, plan_device
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.attention import per_example_attention
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
 from togi.train.samples import Sample, sample_generations, save_samples
 from togi.train.task_metric import TaskScorer
-from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
+from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
 from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
 from togi.train.runnable import check_runnable
@@ -40,11 +42,13 @@ OOM_REMEDIES = (
 )
 
 
-class TrainingFailed(Exception):
+class TrainingFailed(TogiError):
     """The run stopped for a reason the user can act on; ``run_dir`` keeps what was saved."""
 
-    def __init__(self, message: str, run_dir: Path) -> None:
-        super().__init__(message)
+    work_failed = True
+
+    def __init__(self, message: str, run_dir: Path, hint: str | None = None) -> None:
+        super().__init__(message, hint if hint is not None else f"what was saved is in {run_dir}")
         self.run_dir = run_dir
 
 
@@ -86,7 +90,8 @@ def train(
     run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
     checkpoint = run.last_checkpoint() if resume_dir else None
     if not resume_dir and run.path.exists() and any(run.path.iterdir()):
-        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path)
+        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path,
+                             "set output_dir (--output-dir) to a new directory")
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -178,7 +183,7 @@ def train(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     try:
-        with per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
+        with thread_count_restored(), per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except (RuntimeError, MemoryError) as error:
         if _is_out_of_memory(error):
@@ -243,7 +248,15 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     inside each example of a padding-free batch (``attention.py``) and fits the thread count to the cores other
     processes leave free (``threads.py``)."""
 
-    class TogiSFTTrainer(sft_trainer):  # type: ignore[misc, valid-type]
+    class TogiSFTTrainer(TrainSamplerHook, sft_trainer):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # What TRL's compute_loss records and its log() reports, kept here for compute_loss's own path: token
+            # accuracy per batch, and the real (non-padding) tokens trained on so far (see log below).
+            self.compact_loss_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+            self.train_tokens_seen = 0
+            self.cut_labels_reported = False
+
         def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
             """The eval loss, then the task metric in the same metrics, so that the log, early stopping and
             the best checkpoint all see it."""
@@ -254,22 +267,21 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
                 prefix = kwargs.get("metric_key_prefix", "eval")
                 output.metrics.update({f"{prefix}_{name}": value for name, value in scores.metrics.items()})
                 cut = scores.cut_labels(scorer.max_new_tokens)
-                if cut and not getattr(self, "_cut_labels_reported", False):  # once: it repeats at every evaluation
+                if cut and not self.cut_labels_reported:  # once: it repeats at every evaluation
                     warn(f"step {self.state.global_step}: {cut}")
-                    self._cut_labels_reported = True
+                    self.cut_labels_reported = True
                 collapse = scores.collapse()
                 if collapse:
                     warn(f"step {self.state.global_step}: {collapse}; try a lower learning rate, more steps, or full fine-tuning "
                          "(see benchmarks/QUALITY.md)")
             return output
 
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
+        def train_sampler(self, dataset: Any) -> Any:
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             if train_labels is not None:
                 return LabelBalancedSampler(train_labels, seed=seed)
             if self.args.train_sampling_strategy != "group_by_length":
-                return super()._get_train_sampler(train_dataset)
+                return None  # the Trainer's own order
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
@@ -277,13 +289,21 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             if return_outputs or not self._compact_loss_applies(model, inputs):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             parts = compact_lm_loss(model, inputs, num_items_in_batch)
-            # The metrics TRL's own compute_loss records, which its log() reports: token accuracy and real tokens seen
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
-            if mode == "train":
-                self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            metrics = self.compact_loss_metrics["train" if self.model.training else "eval"]
+            metrics["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
+            if self.model.training:
+                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
+            metrics["num_tokens"] = [self.train_tokens_seen]
             return parts.loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            """compute_loss's own metrics under the names TRL logs its own with (``mean_token_accuracy``, ``num_tokens``;
+            ``eval_``-prefixed in evaluation), averaged since the last log, as TRL's log() does."""
+            mode = "train" if self.model.training else "eval"
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{name}": sum(values) / len(values) for name, values in self.compact_loss_metrics[mode].items() if values})
+            self.compact_loss_metrics[mode].clear()
+            super().log(logs, start_time)
 
         def _compact_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
             """On a CPU, for the plain next-token loss; everything else (CUDA, where TRL already projects only the

@@ -8,15 +8,17 @@ faster than 2). ``CpuThreadGovernor`` measures, at every optimizer step, how man
 processes kept busy since the last step (``/proc/stat`` minus this process's own time) and sets
 torch's thread count to the cores left, at least 1 and never more than torch started with. On an
 idle machine it keeps every thread. A thread count the user chose with ``OMP_NUM_THREADS`` is kept as
-it is. It reads Linux's ``/proc``; elsewhere it does nothing.
+it is. It reads Linux's ``/proc``; elsewhere it does nothing. The thread count is process-wide: train
+inside ``thread_count_restored()``, so that it is back as it was however training ends.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import TrainerCallback
@@ -30,6 +32,16 @@ def threads_for(free_cores: float, most: int) -> int:
 
 def threads_chosen_by_user() -> bool:
     return bool(os.environ.get("OMP_NUM_THREADS"))
+
+
+@contextmanager
+def thread_count_restored() -> Iterator[None]:
+    """torch's thread count as it was before the block, however the block ends (an exception included)."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class CpuUsage:
@@ -62,7 +74,8 @@ class CpuUsage:
 
 class CpuThreadGovernor(TrainerCallback):
     """Before training and after every optimizer step, torch's thread count := the cores other processes left
-    idle since the last look (before training: over a quarter of a second). Restored when training ends."""
+    idle since the last look (before training: over a quarter of a second). Use it inside
+    ``thread_count_restored()``, which puts the count back."""
 
     def __init__(self) -> None:
         self.most = torch.get_num_threads()
@@ -76,9 +89,6 @@ class CpuThreadGovernor(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._fit()
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        torch.set_num_threads(self.most)
 
     def _fit(self) -> None:
         others = self.usage.others_since_last() if self.usage else None
