@@ -22,7 +22,7 @@ SOURCE = Path(togi.__file__).parent
 
 # Exception classes defined in togi that are not raised at users, and why.
 NOT_USER_ERRORS = {
-    "togi.serve.app.APIError": "the server's HTTP response (status, OpenAI error code, param): the HTTP front end's way out, "
+    "togi.serve.http.APIError": "the server's HTTP response (status, OpenAI error code, param): the HTTP front end's way out, "
                                "as typer.Exit is the CLI's; library errors reach it as TogiErrors",
 }
 # Classes whose constructor derives the hint when none is passed.
