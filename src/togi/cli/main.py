@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from togi import __version__
+from togi.version import __version__
 from togi.cli import data
 from togi.cli.chat import chat_command
 from togi.cli.data_generation import augment_command, prefs_command

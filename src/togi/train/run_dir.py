@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from togi import __version__
+from togi.version import __version__
 from togi.config import TrainConfig
 from togi.data.writer import atomic_write_text
 
