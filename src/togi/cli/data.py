@@ -25,6 +25,7 @@ from togi.data.validate import CheckOptions, check_dataset
 from togi.data.writer import NotConvertible, check_target, default_target, example_to_record, write_records
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.resolve import ModelNotFound, load_tokenizer
+from togi.runs import RunDirectoryError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,7 +63,7 @@ def user_errors() -> Iterator[None]:
         yield
     except DataFileError as error:
         raise fail(f"{error.path}: {error.message}", error.hint) from None
-    except ModelNotFound as error:
+    except (ModelNotFound, RunDirectoryError) as error:
         raise fail(error.message, error.hint) from None
     except (LabelPatternError, SplitError, NotConvertible, ChatTemplateError, AugmentError) as error:
         raise fail(str(error), "see `togi data --help`") from None

@@ -13,6 +13,7 @@ from togi.cli import render
 from togi.cli.data import errors, fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console
 from togi.config import ConfigError, TrainConfig, load_config
+from togi.runs import Run
 
 console = make_console()
 
@@ -60,10 +61,10 @@ def train_command(
     try:
         if resume is not None:
             if recipe is not None or overrides:
-                raise fail("--resume continues a run exactly as it was configured", f"drop the other arguments; the recipe is {resume}/config.yaml")
-            if not (resume / "config.yaml").is_file():
-                raise fail(f"{resume} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
-            config = load_config(resume / "config.yaml")
+                raise fail("--resume continues a run exactly as it was configured",
+                           f"drop the other arguments; the recipe is {Run(resume).config_path}")
+            with user_errors():
+                config = Run.open(resume).config
         else:
             config = load_config(recipe, overrides)
     except ConfigError as error:
@@ -81,7 +82,7 @@ def _run_stage(config: TrainConfig) -> None:
         except StageDataError as error:
             raise fail(str(error), "see the stage's data formats in `togi data convert --help`", 1) from None
     console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
-    console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
+    console.print(f"run directory: {run_dir}   metrics: {Run(run_dir).stage_metrics_path}", soft_wrap=True, highlight=False)
 
 
 @contextmanager
@@ -135,5 +136,5 @@ def _run(config: TrainConfig, resume: Path | None) -> None:
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"
                        + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                        + (f", {result.tokens_per_second:.0f} tokens/s" if result.tokens_per_second else ""), style="bold green"))
-    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   loss curve: {result.run_dir / 'loss.png'}",
+    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   loss curve: {Run(result.run_dir).plot_path}",
                   soft_wrap=True, highlight=False)

@@ -21,15 +21,14 @@ from transformers import TrainerCallback
 from togi.config import TrainConfig
 from togi.data.examples import ClassificationExample
 from togi.data.labels import accuracy_and_macro_f1
-from togi.data.writer import atomic_write_text
 from togi.models.device import DevicePlan, plan_device
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.classification_data import load_classification_data, save_split, tokenize_labelled
 from togi.train.classifier import HeadOnFeatures, apply_classifier_method, head_features, load_classifier
 from togi.train.methods import ParameterCount, count_parameters
-from togi.train.plot import read_metrics
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
+from togi.runs import Run
+from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card
 from togi.train.sft import TrainingFailed
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
 
@@ -89,7 +88,7 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     started = time.perf_counter()
-    run = RunDirectory(config.output_dir or default_run_dir(config))
+    run = Run(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):
         raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir", run.path)
     warnings: list[str] = []
@@ -118,10 +117,10 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
     val_set = tokenize_labelled(data.val, data.labels, tokenizer, max_length=max_length) if data.val else None
 
     run.path.mkdir(parents=True, exist_ok=True)
-    save_split(data.train, run.data_dir / "train.jsonl")
+    save_split(data.train, run.split_path("train"))
     if data.val:
-        save_split(data.val, run.data_dir / "val.jsonl")
-    atomic_write_text(run.config_path, config.to_yaml())
+        save_split(data.val, run.split_path("val"))
+    run.write_config(config)
     baseline = majority_baseline(data.train, data.val)
     run.write_info(
         status="running", task="classification", method=config.method, model=config.model, labels=data.labels, head=head,
@@ -164,12 +163,12 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
         raise TrainingFailed(f"the loss became NaN or infinite at step {guard.bad_loss_step}; nothing was saved. Lower "
                              "training.learning_rate, or train in fp32 (training.precision: fp32)", run.path)
 
-    if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
-        run.checkpoints.rmdir()  # the Trainer makes it; only early stopping saves checkpoints
-    output_dir = run.output_dir(config)
+    if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
+        run.checkpoints_dir.rmdir()  # the Trainer makes it; only early stopping saves checkpoints
+    output_dir = run.output_dir_for(config.method)
     (model if features is not None else trainer.model).save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
-    records = read_metrics(run.metrics_path)
+    records = run.metrics()
     last_train = next((r for r in reversed(records) if "train_loss" in r), {})
     last_eval = next((r for r in reversed(records) if "eval_loss" in r), {})
     result = ClassificationResult(
@@ -183,17 +182,17 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
                    result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
                            "accuracy": result.accuracy, "macro_f1": result.macro_f1, "majority_baseline": baseline,
                            "seconds": result.seconds})
-    write_model_card(run, config, run.read_info())
+    write_model_card(run, config, run.info)
     return result
 
 
-def _arguments(config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool, by_length: bool) -> Any:
+def _arguments(config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool, by_length: bool) -> Any:
     from transformers import TrainingArguments
 
     training, monitoring = config.training, config.monitoring
     stop_early = bool(monitoring.early_stopping_patience and has_val)
     return TrainingArguments(
-        output_dir=str(run.checkpoints), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
+        output_dir=str(run.checkpoints_dir), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size, per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, learning_rate=config.learning_rate,
         lr_scheduler_type=training.scheduler, warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio of the steps

@@ -32,7 +32,8 @@ from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.train.callbacks import MetricsRecorder
 from togi.train.methods import apply_method, count_parameters, lora_config
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions
+from togi.runs import Run
+from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions
 
 
 class StageDataError(Exception):
@@ -65,11 +66,11 @@ def preference_rows(path: Path, stage: str) -> list[dict[str, Any]]:
                             else "preference pairs (prompt/chosen/rejected, or OpenAI's DPO format)"))
 
 
-def _common_arguments(config: TrainConfig, run: RunDirectory, has_val: bool) -> dict[str, Any]:
+def _common_arguments(config: TrainConfig, run: Run, has_val: bool) -> dict[str, Any]:
     training, monitoring = config.training, config.monitoring
     plan = plan_device(training.precision)
     return dict(
-        output_dir=str(run.checkpoints), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
+        output_dir=str(run.checkpoints_dir), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size, per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, learning_rate=config.learning_rate,
         lr_scheduler_type=training.scheduler, warmup_steps=training.warmup_ratio, weight_decay=training.weight_decay,
@@ -84,10 +85,14 @@ def _common_arguments(config: TrainConfig, run: RunDirectory, has_val: bool) -> 
 class StageLog(MetricsRecorder):
     """metrics.jsonl as for SFT, plus every value the stage's trainer logs (reward margins, accuracies, rewards)."""
 
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.metrics_path, run.plot_path)
+        self.stage_metrics_path = run.stage_metrics_path
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().on_log(args, state, control, logs=logs, **kwargs)
         if logs and "train_runtime" not in logs:
-            with (self.metrics_path.parent / "stage_metrics.jsonl").open("a", encoding="utf-8") as handle:
+            with self.stage_metrics_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
@@ -102,9 +107,9 @@ def load_reward_function(reference: str) -> Callable[..., list[float]]:
 def _reward_model(reference: str) -> Any:
     from transformers import AutoModelForSequenceClassification
 
+    if Run.is_run(reference):  # a run of stage reward
+        return Run.open(reference).load_trained_model()[0]
     path = Path(reference)
-    if (path / "config.yaml").is_file():  # a run of stage reward
-        path = path / ("model" if (path / "model").is_dir() else "adapter")
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForSequenceClassification
 
@@ -118,7 +123,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     from transformers import AutoModelForSequenceClassification, set_seed
 
     stage = config.stage
-    run = RunDirectory(config.output_dir or default_run_dir(config))
+    run = Run(config.output_dir or default_run_dir(config))
     if run.path.exists() and any(run.path.iterdir()):
         raise StageDataError(f"{run.path} already holds a run; choose another output_dir")
     rows = preference_rows(config.data.train_file, stage)
@@ -168,14 +173,14 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     log(f"stage {stage}: {len(rows)} training rows; {parameters}")
 
     run.path.mkdir(parents=True, exist_ok=True)
-    run.config_path.write_text(config.to_yaml(), encoding="utf-8")
+    run.write_config(config)
     run.write_info(status="running", stage=stage, method=config.method, model=config.model, device=plan.description,
                    parameters=str(parameters), versions=library_versions(), started_at=int(time.time()),
                    data={"train": file_fingerprint(config.data.train_file), "train_rows": len(rows), "val_rows": len(val_rows)},
                    chat_template_text=tokenizer.chat_template, eos_token=tokenizer.eos_token)
     from datasets import Dataset
 
-    recorder = StageLog(run.metrics_path, run.plot_path)
+    recorder = StageLog(run)
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
                             eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
                             processing_class=tokenizer, callbacks=[recorder], **extra)
@@ -185,7 +190,7 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     trainer.remove_callback(ProgressCallback)
     trainer.train()
     recorder.refresh_plot()
-    output_dir = run.output_dir(config)
+    output_dir = run.output_dir_for(config.method)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     run.write_info(status="succeeded", finished_at=int(time.time()), output=str(output_dir), result={"steps": trainer.state.global_step})

@@ -30,7 +30,8 @@ from togi.train.samples import Sample, sample_generations, save_samples
 from togi.train.task_metric import TaskScorer
 from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
+from togi.runs import Run
+from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card
 
 OOM_REMEDIES = (
     "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
@@ -81,7 +82,7 @@ def train(
     from trl import SFTConfig, SFTTrainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
+    run = Run(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
     checkpoint = run.last_checkpoint() if resume_dir else None
     if not resume_dir and run.path.exists() and any(run.path.iterdir()):
         raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path)
@@ -109,9 +110,9 @@ def train(
     for finding in data.warnings[:5]:
         warn(f"data: {finding}")
     run.path.mkdir(parents=True, exist_ok=True)
-    save_split(data.train, run.data_dir / "train.jsonl")
+    save_split(data.train, run.split_path("train"))
     if data.val:
-        save_split(data.val, run.data_dir / "val.jsonl")
+        save_split(data.val, run.split_path("val"))
     train_set = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt)
     val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt) if data.val else None
 
@@ -121,7 +122,7 @@ def train(
     parameters = count_parameters(model)
     log(str(parameters))
 
-    run.config_path.write_text(config.to_yaml(), encoding="utf-8")
+    run.write_config(config)
     run.write_info(
         status="running", method=config.method, model=config.model, device=plan.description, parameters=str(parameters),
         chat_template=template_note, chat_template_text=chat_template_of(tokenizer)[0], eos_token=tokenizer.eos_token,
@@ -195,7 +196,7 @@ def train(
             f"(last good checkpoint: {last_good or 'none yet'}). Lower training.learning_rate, keep max_grad_norm at 1.0, "
             "or train in fp32 (training.precision: fp32)", run.path)
 
-    output_dir = run.output_dir(config)
+    output_dir = run.output_dir_for(config.method)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     samples = []
@@ -203,8 +204,8 @@ def train(
         held_out = (data.val or data.train)[: config.monitoring.samples]
         load_base = None if config.method in ADAPTER_METHODS else (lambda: load_causal_lm(source, plan))
         samples = sample_generations(trainer.model, tokenizer, held_out, load_base=load_base)
-        save_samples(samples, run.path / "samples.jsonl")
-    records = [r for r in _read_records(run) if "train_loss" in r or "eval_loss" in r]
+        save_samples(samples, run.samples_path)
+    records = [r for r in run.metrics() if "train_loss" in r or "eval_loss" in r]
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
     speeds = [r["tokens_per_second"] for r in records if "tokens_per_second" in r]
@@ -218,13 +219,13 @@ def train(
     run.write_info(status=status, finished_at=int(time.time()), output=str(output_dir), warnings=warnings,
                    result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
                            "tokens_per_second": result.tokens_per_second})
-    write_model_card(run, config, run.read_info())
+    write_model_card(run, config, run.info)
     return result
 
 
-def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
+def _require_same_data(run: Run, fingerprints: dict[str, Any]) -> None:
     """A resumed run must see the data it started with, or it would silently train on something else."""
-    recorded = run.read_info().get("data", {})
+    recorded = run.info.get("data", {})
     for name, fingerprint in fingerprints.items():
         before = recorded.get(name)
         if before and fingerprint and before["sha256"] != fingerprint["sha256"]:
@@ -294,18 +295,17 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     return TogiSFTTrainer
 
 
-def _read_records(run: RunDirectory) -> list[dict]:
-    from togi.train.plot import read_metrics
+def _read_records(run: Run) -> list[dict]:
+    
+    return run.metrics()
 
-    return read_metrics(run.metrics_path)
 
-
-def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool) -> Any:
+def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool) -> Any:
     training, monitoring = config.training, config.monitoring
     virtual_tokens = config.method in ("prompt_tuning", "prefix_tuning")
     activation_checkpointing = plan.device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
     return sft_config_class(
-        output_dir=str(run.checkpoints),
+        output_dir=str(run.checkpoints_dir),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size,
