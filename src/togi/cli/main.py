@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from togi.version import __version__
 from togi.cli import data
 from togi.cli.chat import chat_command
 from togi.cli.data_generation import augment_command, prefs_command
@@ -16,6 +15,7 @@ from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
 from togi.cli.terminal import echo
 from togi.cli.train import train_command
+from togi.version import __version__
 
 app = typer.Typer(
     name="togi",

@@ -14,6 +14,7 @@ from togi.cli.data import errors, fail, quiet_libraries, user_errors
 from togi.cli.terminal import make_console
 from togi.config import ConfigError, TrainConfig, load_config
 from togi.runs import Run
+from togi.train import RunResult, TrainingFailed, train
 
 console = make_console()
 
@@ -72,24 +73,11 @@ def train_command(
     _run(config, resume)
 
 
-def _run_stage(config: TrainConfig) -> None:
-    from togi.train.preference import StageDataError, train_stage
-
-    quiet_libraries()
-    with user_errors():
-        try:
-            run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
-        except StageDataError as error:
-            raise fail(str(error), "see the stage's data formats in `togi data convert --help`", 1) from None
-    console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
-    console.print(f"run directory: {run_dir}   metrics: {Run(run_dir).stage_metrics_path}", soft_wrap=True, highlight=False)
-
-
 @contextmanager
 def training_errors() -> Iterator[None]:
     """Bad data, a bad recipe found while loading, or a failed run: one message with a hint, no traceback."""
-    from togi.train import TrainingFailed
     from togi.train.data import TrainingDataError
+    from togi.train.preference import StageDataError
 
     with user_errors():
         try:
@@ -99,38 +87,35 @@ def training_errors() -> Iterator[None]:
             raise fail(str(error), "fix the data, then train again", 1) from None
         except ConfigError as error:
             raise _render_config_error(error) from None
-        except TrainingFailed as error:
-            raise fail(str(error), f"what was saved is in {error.run_dir}", 1) from None
+        except (TrainingFailed, StageDataError) as error:
+            raise fail(str(error), error.hint, 1) from None
 
 
-def _run_classification(config: TrainConfig) -> None:
-    from togi.train.classification import train_classifier
-
+def _run(config: TrainConfig, resume: Path | None) -> None:
     quiet_libraries()
     with training_errors():
-        result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True))
-    scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
-              if result.accuracy is not None else ", no validation split")
+        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
+    if config.task == "classification":
+        _report_classifier(result)
+    elif config.stage != "sft":
+        console.print(Text(f"✓ stage {config.stage} finished: {result.steps} steps", style="bold green"))
+        console.print(f"run directory: {result.run_dir}   metrics: {Run(result.run_dir).stage_metrics_path}", soft_wrap=True, highlight=False)
+    else:
+        _report_chat_model(result)
+
+
+def _report_classifier(result: RunResult) -> None:
+    accuracy, baseline, macro_f1 = (result.scores.get(name) for name in ("accuracy", "majority_baseline", "macro_f1"))
+    scores = (f", validation accuracy {accuracy:.3f} (majority-class baseline {baseline:.3f}), macro-F1 {macro_f1:.3f}"
+              if accuracy is not None else ", no validation split")
     console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
     console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   try: togi predict {result.run_dir} \"some text\"",
                   soft_wrap=True, highlight=False)
 
 
-def _run(config: TrainConfig, resume: Path | None) -> None:
-    if config.task == "classification":
-        if resume:
-            raise fail("--resume is for chat runs; a classification run starts over", "train again with a new output_dir")
-        return _run_classification(config)
-    if config.stage != "sft":
-        if resume:
-            raise fail(f"--resume is for sft runs; stage {config.stage} starts over", "run the stage again with a new output_dir")
-        return _run_stage(config)
-    from togi.train import train
+def _report_chat_model(result: RunResult) -> None:
     from togi.train.samples import render_samples
 
-    quiet_libraries()
-    with training_errors():
-        result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
     if result.samples:
         render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"

@@ -7,7 +7,7 @@ and checkpoints become events and checkpoint records as they appear in the run d
 starts again (after a pause, or after the server was killed) resumes from its last checkpoint.
 
 Jobs of ``method.type`` ``dpo`` train togi's DPO stage (LoRA, beta "auto" = 0.1, learning rate 5e-5 times
-the multiplier) on preference pairs in OpenAI's format; they start over instead of resuming after a restart.
+the multiplier) on preference pairs in OpenAI's format.
 
 "auto" hyper-parameters, from the number of training examples N:
 - ``n_epochs``: 3, raised so the job makes at least 100 example passes (ceil(100 / N), at most 10),
@@ -249,10 +249,6 @@ def run_job(data_dir: Path, job_id: str) -> int:
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
-    dpo = job["method"]["type"] == "dpo"
-    if dpo and run_dir.exists():  # the preference stages do not resume from checkpoints yet: start over
-        shutil.rmtree(run_dir)
-        add_event(store, job, "DPO jobs do not resume from checkpoints yet: the job starts again from the beginning", level="warn")
     resuming = Run.is_run(run_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
     checkpoints = Run(run_dir).checkpoints() if resuming else []
@@ -261,12 +257,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps):
-            if dpo:
-                from togi.train.preference import train_stage
-
-                output_dir = train_stage(config, log=lambda message: None) / "adapter"
-            else:
-                output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
+            output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
     except Exception as error:  # the job fails; the server goes on
         if store.get("job", job_id)["status"] == "running":
             message = user_message(error, job, data_dir)

@@ -47,6 +47,13 @@ def write_model_card(run: Run, config: TrainConfig, info: dict[str, Any]) -> Non
         auto_class, arguments = "ForSequenceClassification", f", num_labels={len(info.get('labels', []))}"
         trained = (f"A new classification head ({', '.join(info.get('head', []))}) over the labels {', '.join(info.get('labels', []))}"
                    f"{', on the frozen model' if config.method == 'freeze' else ''}.")
+    elif config.stage == "reward":
+        auto_class, arguments = "ForSequenceClassification", ", num_labels=1"
+        trained = f"A reward model: one score per conversation, trained on preference pairs (its own values in {run.stage_metrics_path.name})."
+    elif config.stage != "sft":
+        auto_class, arguments = "ForCausalLM", ""
+        trained = (f"Trained by the {config.stage} stage on {'prompts scored by a reward' if config.stage == 'rlhf' else 'preference data'} "
+                   f"(its own values in {run.stage_metrics_path.name}).")
     else:
         auto_class, arguments = "ForCausalLM", ""
         trained = (f"The loss is taken on assistant messages only{' (and the prompt: train_on_prompt)' if config.data.train_on_prompt else ''}.\n"
