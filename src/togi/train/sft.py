@@ -179,11 +179,6 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     return TogiSFTTrainer
 
 
-def _read_records(run: Run) -> list[dict]:
-    
-    return run.metrics()
-
-
 def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool) -> Any:
     training, monitoring = config.training, config.monitoring
     virtual_tokens = config.method in ("prompt_tuning", "prefix_tuning")
