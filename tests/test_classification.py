@@ -19,7 +19,6 @@ from togi.config import ConfigError, load_config
 from togi.models.encoder import encoder_model_available
 from togi.serve.classifier import load_classification_run
 from togi.train import train
-from togi.train.classification import train_classifier
 from togi.train.data import TrainingDataError
 
 from conftest import REPO, chat, distinct_chats, write_jsonl
@@ -133,7 +132,7 @@ def test_recipe_errors_name_the_field_and_line(tmp_path, recipe, path, line):
 def test_frozen_backbone_trains_only_the_head(tmp_path, bert_dir, keyword_file):
     config = classifier_config(tmp_path, bert_dir, keyword_file, "classification.freeze_backbone=true", "training.epochs=20",
                                "training.learning_rate=3e-2")
-    result = train_classifier(config, log=lambda message: None)
+    result = train(config, log=lambda message: None)
     head_size = 32 * 3 + 3
     assert (result.parameters.trainable, result.output_dir.name) == (head_size, "model")
     assert all(torch.equal(value, state_of(bert_dir)[key]) for key, value in state_of(result.output_dir).items())
@@ -144,7 +143,7 @@ def test_frozen_backbone_trains_only_the_head(tmp_path, bert_dir, keyword_file):
     assert saved["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     losses = [r["train_loss"] for r in records(result.run_dir) if "train_loss" in r]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses
-    assert result.accuracy > result.majority_baseline
+    assert result.scores["accuracy"] > result.scores["majority_baseline"]
 
 
 def test_every_epoch_is_scored_on_a_stratified_validation_split(tmp_path, bert_dir, keyword_file, cli):
@@ -164,19 +163,19 @@ def test_every_epoch_is_scored_on_a_stratified_validation_split(tmp_path, bert_d
 
 def test_full_training_learns_and_predict_agrees_with_the_last_evaluation(tmp_path, bert_dir, keyword_file):
     config = classifier_config(tmp_path, bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS)
-    result = train_classifier(config, log=lambda message: None)
+    result = train(config, log=lambda message: None)
     assert result.parameters.trainable == result.parameters.total
-    assert result.accuracy >= 0.75 > result.majority_baseline
+    assert result.scores["accuracy"] >= 0.75 > result.scores["majority_baseline"]
     val = [json.loads(line) for line in (result.run_dir / "data" / "val.jsonl").read_text(encoding="utf-8").splitlines()]
     predictions = load_classification_run(result.run_dir).predict([row["text"] for row in val])
-    assert sum(p.label == row["label"] for p, row in zip(predictions, val)) / len(val) == pytest.approx(result.accuracy)
+    assert sum(p.label == row["label"] for p, row in zip(predictions, val)) / len(val) == pytest.approx(result.scores["accuracy"])
 
 
 def test_lora_saves_an_adapter_with_the_head_that_peft_loads(tmp_path, bert_dir, keyword_file):
     from peft import AutoPeftModelForSequenceClassification
 
     config = classifier_config(tmp_path, bert_dir, keyword_file, "method=lora", "training.learning_rate=5e-3", "training.epochs=2")
-    result = train_classifier(config, log=lambda message: None)
+    result = train(config, log=lambda message: None)
     adapter = json.loads((result.output_dir / "adapter_config.json").read_text(encoding="utf-8"))
     assert (result.output_dir.name, adapter["task_type"]) == ("adapter", "SEQ_CLS")
     assert "classifier" in adapter["modules_to_save"]
@@ -195,7 +194,7 @@ def test_a_decoder_classifies_with_its_last_token_and_frozen_weights(tmp_path, t
             for i in range(40)]
     data = write_jsonl(tmp_path / "questions.jsonl", rows)
     config = classifier_config(tmp_path, tiny_model_dir, data, "classification.freeze_backbone=true", "training.epochs=2")
-    result = train_classifier(config, log=lambda message: None)
+    result = train(config, log=lambda message: None)
     info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
     assert (info["head"], info["head_features"]) == (["score"], "computed every step")
     trained = state_of(result.output_dir, "AutoModelForSequenceClassification")
@@ -214,14 +213,14 @@ def test_chat_data_gives_labels_through_the_label_pattern(tmp_path, bert_dir):
     chats = [chat(row["text"], f"ラベル: {row['label']}\n理由: ...") for row in keyword_rows(10)]
     data = write_jsonl(tmp_path / "chats.jsonl", chats)
     config = classifier_config(tmp_path, bert_dir, data, "classification.freeze_backbone=true", "classification.label_pattern='ラベル: (\\S+)'")
-    result = train_classifier(config, log=lambda message: None)
+    result = train(config, log=lambda message: None)
     assert result.labels == ["negative", "neutral", "positive"]
     first = json.loads((result.run_dir / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first["label"] in result.labels and "ラベル" not in first["text"]
 
     write_jsonl(data, chats[:20] + [chat("no label here at all", "I cannot say.")] + chats[20:])
     with pytest.raises(TrainingDataError) as caught:
-        train_classifier(classifier_config(tmp_path / "again", bert_dir, data, "classification.label_pattern='ラベル: (\\S+)'"), log=print)
+        train(classifier_config(tmp_path / "again", bert_dir, data, "classification.label_pattern='ラベル: (\\S+)'"), log=print)
     assert [(f.code, f.line) for f in caught.value.findings] == [("label_not_found", 21)]
 
 
@@ -249,7 +248,7 @@ def test_bad_data_is_refused_with_the_file_line_and_a_hint(tmp_path, bert_dir, k
 def classifier_run(tmp_path_factory, bert_dir, keyword_file) -> Path:
     directory = tmp_path_factory.mktemp("classifier")
     config = classifier_config(directory, bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS)
-    return train_classifier(config, log=lambda message: None).run_dir
+    return train(config, log=lambda message: None).run_dir
 
 
 def test_predict_prints_each_texts_label_and_probabilities(classifier_run, cli):
@@ -314,7 +313,7 @@ def test_minilm_head_beats_the_majority_baseline_on_held_out_reviews(tmp_path):
     """The bundled recipe as it is (output_dir aside). It costs 12 s on 2 idle CPU cores (50 s beside another
     training run), most of it the frozen model computing the 240 reviews' features once."""
     config = load_config(REPO / "examples" / "recipes" / "reviews-classification.yaml", [f"output_dir={tmp_path / 'run'}"])
-    result = train_classifier(config, log=lambda message: None)
-    assert result.majority_baseline == pytest.approx(1 / 3)
-    assert result.accuracy >= result.majority_baseline + 0.1
-    assert result.macro_f1 >= 0.4
+    result = train(config, log=lambda message: None)
+    assert result.scores["majority_baseline"] == pytest.approx(1 / 3)
+    assert result.scores["accuracy"] >= result.scores["majority_baseline"] + 0.1
+    assert result.scores["macro_f1"] >= 0.4

@@ -28,7 +28,7 @@ NOT_USER_ERRORS = {
 # Classes whose constructor derives the hint when none is passed.
 DERIVED_HINTS = {
     "togi.config.ConfigError": "each issue carries its hint",
-    "togi.train.sft.TrainingFailed": "names the run directory that keeps what was saved",
+    "togi.train.TrainingFailed": "names the run directory that keeps what was saved",
 }
 
 
@@ -71,7 +71,7 @@ def test_errors_that_pydantic_or_callers_catch_as_value_errors_still_are(excepti
 def test_the_message_is_what_str_gives_and_the_hint_travels_with_it():
     from togi.data.reader import DataFileError
     from togi.models.embedded import EmbeddedModelMissing
-    from togi.train.sft import TrainingFailed
+    from togi.train import TrainingFailed
 
     error = DataFileError("data/train.jsonl", "no such file", "check the path")
     assert str(error) == error.message == "data/train.jsonl: no such file" and error.hint == "check the path"

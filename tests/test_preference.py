@@ -7,7 +7,8 @@ import json
 import pytest
 
 from togi.config import load_config
-from togi.train.preference import preference_rows, score_pairs, score_with_reward_model, train_stage
+from togi.train import train
+from togi.train.preference import preference_rows, score_pairs, score_with_reward_model
 
 from conftest import write_jsonl
 
@@ -53,7 +54,7 @@ def test_dpo_widens_the_margin_and_raises_preference_accuracy_on_held_out_pairs(
     data = write_jsonl(tmp_path / "pairs.jsonl", openai_dpo(pairs(0, 16)))  # OpenAI's DPO format reads the same
     held_out = pairs(100, 8)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    run_dir = train_stage(stage_config(tmp_path, tiny_model_dir, "dpo", data, f"preference.loss_type={loss_type}"), log=lambda m: None)
+    run_dir = train(stage_config(tmp_path, tiny_model_dir, "dpo", data, f"preference.loss_type={loss_type}"), log=lambda m: None).run_dir
     model = tuned(run_dir, tiny_model_dir)
     before, after = pair_margins(base, tokenizer, held_out), pair_margins(model, tokenizer, held_out)
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0  # log p(chosen) - log p(rejected) widens on unseen pairs
@@ -65,7 +66,7 @@ def test_dpo_widens_the_margin_and_raises_preference_accuracy_on_held_out_pairs(
 @pytest.mark.parametrize("stage", ["orpo", "kto"])
 def test_orpo_and_kto_run_and_their_loss_falls(tmp_path, tiny_model_dir, stage):
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 16))
-    run_dir = train_stage(stage_config(tmp_path, tiny_model_dir, stage, data), log=lambda m: None)
+    run_dir = train(stage_config(tmp_path, tiny_model_dir, stage, data), log=lambda m: None).run_dir
     losses = logged(run_dir, "loss")
     assert len(losses) == 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -81,7 +82,7 @@ def test_the_reward_model_ranks_held_out_chosen_answers_above_rejected(tmp_path,
     from peft import AutoPeftModelForSequenceClassification
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 16))
-    run_dir = train_stage(stage_config(tmp_path, tiny_model_dir, "reward", data), log=lambda m: None)
+    run_dir = train(stage_config(tmp_path, tiny_model_dir, "reward", data), log=lambda m: None).run_dir
     model = AutoPeftModelForSequenceClassification.from_pretrained(run_dir / "adapter", num_labels=1).eval()
     assert score_with_reward_model(model, tokenizer, pairs(100, 8)) > 0.5  # better than chance; here it is all of them
 
@@ -90,7 +91,7 @@ def test_rlhf_raises_the_mean_reward(tmp_path, tiny_model_dir):
     prompts = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 16))
     config = stage_config(tmp_path, tiny_model_dir, "rlhf", prompts, "rlhf.reward_function=rewards:japanese_share",
                           "rlhf.num_generations=4", "rlhf.max_new_tokens=8", "training.max_steps=12", "training.learning_rate=2e-2")
-    run_dir = train_stage(config, log=lambda m: None)
+    run_dir = train(config, log=lambda m: None).run_dir
     rewards = logged(run_dir, "reward")
     assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4
 

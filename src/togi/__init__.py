@@ -2,24 +2,33 @@
 
     import togi
     config = togi.load_config("examples/recipes/reviews-lora.yaml")
-    result = togi.train(config)          # -> togi.train.RunResult
+    result = togi.train(config)          # -> togi.RunResult; the config's task and stage choose the recipe
+    run = togi.Run.open(result.run_dir)  # the run directory: its config, run.json, metrics, trained model
+
+``togi.train`` is the function. The training package of the same name is imported here, before the function
+is bound, so that importing its modules later (``from togi.train.sft import ...``) does not rebind the name:
+Python sets a package's attribute only when it first imports the subpackage. (So import its modules with
+``from togi.train... import``; ``import togi.train.sft as sft`` looks ``sft`` up on the function and fails.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from togi.train import RunResult, TrainingFailed, train  # imports no training library: the recipes load when they run
 from togi.version import __version__
+
+__all__ = ["Run", "RunResult", "TrainingFailed", "__version__", "load_config", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    # Heavy imports (torch, transformers) only when the API is used, so `togi --help` stays fast.
-    if name == "train":
-        from togi.train import train
-
-        return train
+    # pydantic and numpy only when the API is used, so that `import togi` and `togi --help` stay fast.
     if name == "load_config":
         from togi.config import load_config
 
         return load_config
+    if name == "Run":
+        from togi.runs import Run
+
+        return Run
     raise AttributeError(f"module 'togi' has no attribute {name!r}")

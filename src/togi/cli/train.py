@@ -11,6 +11,8 @@ from rich.text import Text
 from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
 from togi.config import TrainConfig, load_config
+from togi.runs import Run
+from togi.train import RunResult, train
 
 console = make_console()
 
@@ -48,54 +50,42 @@ def train_command(
         overrides.append("training.auto_batch=true")
     if resume is not None:
         if recipe is not None or overrides:
-            raise fail("--resume continues a run exactly as it was configured", f"drop the other arguments; the recipe is {resume}/config.yaml")
-        if not (resume / "config.yaml").is_file():
-            raise fail(f"{resume} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
-        config = load_config(resume / "config.yaml")
+            raise fail("--resume continues a run exactly as it was configured",
+                       f"drop the other arguments; the recipe is {Run(resume).config_path}")
+        config = Run.open(resume).config
     else:
         config = load_config(recipe, overrides)
     _run(config, resume)
 
 
-def _run_stage(config: TrainConfig) -> None:
-    from togi.train.preference import train_stage
-
+def _run(config: TrainConfig, resume: Path | None) -> None:
     quiet_libraries()
-    run_dir = train_stage(config, log=lambda message: console.print(message, soft_wrap=True))
-    console.print(Text(f"✓ stage {config.stage} finished", style="bold green"))
-    console.print(f"run directory: {run_dir}   metrics: {run_dir / 'stage_metrics.jsonl'}", soft_wrap=True, highlight=False)
+    result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
+    if config.task == "classification":
+        _report_classifier(result)
+    elif config.stage != "sft":
+        console.print(Text(f"✓ stage {config.stage} finished: {result.steps} steps", style="bold green"))
+        console.print(f"run directory: {result.run_dir}   metrics: {Run(result.run_dir).stage_metrics_path}", soft_wrap=True, highlight=False)
+    else:
+        _report_chat_model(result)
 
 
-def _run_classification(config: TrainConfig) -> None:
-    from togi.train.classification import train_classifier
-
-    quiet_libraries()
-    result = train_classifier(config, console=console, log=lambda message: console.print(message, soft_wrap=True))
-    scores = (f", validation accuracy {result.accuracy:.3f} (majority-class baseline {result.majority_baseline:.3f}), macro-F1 {result.macro_f1:.3f}"
-              if result.accuracy is not None else ", no validation split")
+def _report_classifier(result: RunResult) -> None:
+    accuracy, baseline, macro_f1 = (result.scores.get(name) for name in ("accuracy", "majority_baseline", "macro_f1"))
+    scores = (f", validation accuracy {accuracy:.3f} (majority-class baseline {baseline:.3f}), macro-F1 {macro_f1:.3f}"
+              if accuracy is not None else ", no validation split")
     console.print(Text(f"✓ classifier trained: {result.steps} steps in {result.seconds:.0f} s{scores}", style="bold green"), soft_wrap=True)
     console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   try: togi predict {result.run_dir} \"some text\"",
                   soft_wrap=True, highlight=False)
 
 
-def _run(config: TrainConfig, resume: Path | None) -> None:
-    if config.task == "classification":
-        if resume:
-            raise fail("--resume is for chat runs; a classification run starts over", "train again with a new output_dir")
-        return _run_classification(config)
-    if config.stage != "sft":
-        if resume:
-            raise fail(f"--resume is for sft runs; stage {config.stage} starts over", "run the stage again with a new output_dir")
-        return _run_stage(config)
-    from togi.train import train
+def _report_chat_model(result: RunResult) -> None:
     from togi.train.samples import render_samples
 
-    quiet_libraries()
-    result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
     if result.samples:
         render_samples(console, result.samples)
     console.print(Text(f"✓ {result.status}: {result.steps} steps, final train loss {result.train_loss:.4f}"
                        + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                        + (f", {result.tokens_per_second:.0f} tokens/s" if result.tokens_per_second else ""), style="bold green"))
-    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   loss curve: {result.run_dir / 'loss.png'}",
+    console.print(f"run directory: {result.run_dir}   result: {result.output_dir}   loss curve: {Run(result.run_dir).plot_path}",
                   soft_wrap=True, highlight=False)

@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 import torch
 
-from togi.config import load_config
 from togi.data.examples import ChatExample
 from togi.data.formats import load_dataset
 from togi.data.labels import compile_label_pattern
@@ -23,10 +22,8 @@ from togi.errors import TogiError
 from togi.evaluate import metrics
 from togi.evaluate.html_report import render_html
 from togi.evaluate.judge import judge_pairs
-from togi.models.device import plan_device
 from togi.models.generation import answer_budget, generate_answers
-from togi.models.loading import load_causal_lm
-from togi.models.resolve import load_tokenizer, resolve_model
+from togi.runs import Run
 
 
 class EvaluationError(TogiError):
@@ -91,25 +88,11 @@ class EvalReport:
 
 
 def _run_model(run_dir: Path) -> tuple[Any, Any, bool, Any]:
-    """(model, tokenizer, is_adapter, base loader) of a training run directory."""
-    if not (run_dir / "config.yaml").is_file():
-        raise EvaluationError(f"{run_dir} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
-    config = load_config(run_dir / "config.yaml")
-    plan = plan_device("auto")
-    source = resolve_model(config.model)
-    is_adapter = config.traits.adapter
-    output = run_dir / ("adapter" if is_adapter else "model")
-    if not output.is_dir():
-        raise EvaluationError(f"{run_dir} has no trained {output.name}/ yet (did the run finish?)",
-                              f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
-    tokenizer = load_tokenizer(str(output))
-    if is_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_causal_lm(source, plan), output)
-    else:
-        model = load_causal_lm(resolve_model(str(output)), plan)
-    return model, tokenizer, is_adapter, (lambda: load_causal_lm(source, plan))
+    """(model, tokenizer, is_adapter, base loader) of a training run directory; an adapter is not merged, so
+    that the base model is the same weights with the adapter off."""
+    run = Run.open(run_dir)
+    model, tokenizer = run.load_trained_model()
+    return model, tokenizer, run.config.traits.adapter, run.load_base_model
 
 
 def _is_lora(model: Any) -> bool:
@@ -215,7 +198,7 @@ def write_report(report: EvalReport, out_dir: Path) -> Path:
     if report.judgements:
         lines = [{"index": record["index"], **judgement} for record, judgement in zip(report.tuned.records, report.judgements)]
         atomic_write_text(out_dir / "judgements.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-    page = render_html(report.to_dict(), report.tuned.records, report.baseline.records, loss_plot=Path(report.run_dir) / "loss.png")
+    page = render_html(report.to_dict(), report.tuned.records, report.baseline.records, loss_plot=Run(Path(report.run_dir)).plot_path)
     atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.json"
 

@@ -16,13 +16,14 @@ from typing import Any
 
 from togi.data.template import chat_template_of
 from togi.models.chat_model import ChatModel
+from togi.runs import Run
 
 
 def load_chat_model(reference: str, prefer_llama_cpp: bool = True) -> ChatModel:
     path = Path(reference)
     if path.suffix == ".gguf":
         return _load_gguf(path, prefer_llama_cpp)
-    if (path / "config.yaml").is_file():
+    if Run.is_run(path):
         return _load_run(path)
     from togi.models.device import plan_device
     from togi.models.loading import load_causal_lm

@@ -13,7 +13,6 @@ reports what it carries, and ``require_consistent`` refuses the export with ever
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from togi.data.template import chat_template_of
 from togi.export import ExportError
 from togi.export.chat_format import ChatFormat, ChatFormatError
+from togi.runs import Run
 
 
 class TemplateMismatch(ExportError):
@@ -39,9 +39,7 @@ class TrainingChat:
 
     @classmethod
     def of_run(cls, run_dir: Path, tokenizer: Any) -> TrainingChat:
-        info_path = run_dir / "run.json"
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-        template = info.get("chat_template_text") or chat_template_of(tokenizer)[0]
+        template = Run(run_dir).info.get("chat_template_text") or chat_template_of(tokenizer)[0]
         try:
             chat_format, problem = ChatFormat.from_template(tokenizer, template), None
             problem = chat_format.mismatch(tokenizer, template)

@@ -19,6 +19,7 @@ from togi.export import ExportError, llama_cpp
 from togi.export.consistency import TrainingChat, require_consistent, stop_mismatch, template_mismatch
 from togi.export.gguf_writer import GGUF_TYPES, GGUFExportError, read_gguf_chat, verify_gguf, write_gguf
 from togi.export.merge import tuned_model
+from togi.runs import Run
 
 ALL_GGUF_TYPES = GGUF_TYPES + llama_cpp.K_QUANTS
 
@@ -38,8 +39,8 @@ def held_out_prompts(run_dir: Path, tokenizer: Any, count: int = 3) -> list[str]
     from togi.data.formats import load_dataset
     from togi.data.template import render_chat
 
-    data_dir = run_dir / "data"
-    source = data_dir / "val.jsonl" if (data_dir / "val.jsonl").is_file() else data_dir / "train.jsonl"
+    run = Run(run_dir)
+    source = run.split_path("val") if run.split_path("val").is_file() else run.split_path("train")
     examples = [example for example in load_dataset(source).examples if hasattr(example, "prompt_messages")][:count]
     return [render_chat(tokenizer, example.prompt_messages, add_generation_prompt=True) for example in examples]
 

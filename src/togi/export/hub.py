@@ -7,14 +7,13 @@ another Hub-compatible server (the tests use one on loopback, since this machine
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from togi.config import load_config
 from togi.data.writer import atomic_write_text
 from togi.models.embedded import EMBEDDED_MODEL_NAME
+from togi.runs import Run
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -37,8 +36,8 @@ def base_model_id(model: str) -> str:
 
 def write_hub_model_card(folder: Path, run_dir: Path, repo_id: str, kind: str) -> None:
     """README.md with the Hub's metadata header (base model, library, tags) and how to load the model."""
-    config = load_config(run_dir / "config.yaml")
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").is_file() else {}
+    run = Run.open(run_dir)
+    config, info = run.config, run.info
     result = info.get("result", {})
     library = "peft" if kind == "adapter" else "transformers"
     loader = ("from peft import AutoPeftModelForCausalLM\n"

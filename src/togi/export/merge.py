@@ -17,19 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from togi.config import TrainConfig, load_config
 from togi.export import ExportError
 from togi.export.consistency import TrainingChat, require_consistent, stop_mismatch, template_mismatch, tokens_of
 from togi.export.hub import base_model_id
-from togi.models.device import plan_device
-from togi.models.loading import load_causal_lm
-from togi.models.resolve import load_tokenizer, resolve_model
-
-
-def _run_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / "config.yaml").is_file():
-        raise ExportError(f"{run_dir} is not a togi run directory (no config.yaml)", "pass the directory a `togi train` run created")
-    return load_config(run_dir / "config.yaml")
+from togi.models.resolve import load_tokenizer
+from togi.runs import Run
 
 
 def replace_directory(staging: Path, out_dir: Path) -> Path:
@@ -81,33 +73,17 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
 
 
 def tuned_model(run_dir: Path) -> tuple[Any, Any]:
-    """The run's final model in memory, with any LoRA/DoRA adapter merged in, and its tokenizer."""
-    config = _run_config(run_dir)
-    plan = plan_device("fp32")
-    if not config.traits.adapter:
-        return load_causal_lm(resolve_model(str(run_dir / "model")), plan), load_tokenizer(str(run_dir / "model"))
-    if not config.traits.lora:
-        raise ExportError(f"{config.method} adapters cannot be merged into the weights",
-                          "load the adapter with PEFT over the base model; togi export --to adapter writes it")
-    from peft import PeftModel
-
-    adapter_dir = run_dir / "adapter"
-    if not adapter_dir.is_dir():
-        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)",
-                          f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
-    model = PeftModel.from_pretrained(load_causal_lm(resolve_model(config.model), plan), adapter_dir).merge_and_unload()
-    return model, load_tokenizer(str(adapter_dir))
+    """The run's final model in memory, in float32, with any LoRA/DoRA adapter merged in, and its tokenizer."""
+    return Run.open(run_dir).load_trained_model(merge=True, precision="fp32")
 
 
 def export_adapter(run_dir: Path, out_dir: Path) -> Path:
-    config = _run_config(run_dir)
+    run = Run.open(run_dir)
+    config = run.config
     if not config.traits.adapter:
         raise ExportError(f"a {config.method} run has no adapter; export it with --to merged",
                           "--to merged writes the whole trained model, which loads with AutoModelForCausalLM")
-    adapter_dir = run_dir / "adapter"
-    if not adapter_dir.is_dir():
-        raise ExportError(f"{run_dir} has no adapter/ yet (did the run finish?)",
-                          f"wait for the run to finish; an interrupted run continues with: togi train --resume {run_dir}")
+    adapter_dir = run.output_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)

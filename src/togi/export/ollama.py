@@ -22,6 +22,7 @@ from togi.export import ExportError
 from togi.export.chat_format import ChatFormat
 from togi.export.consistency import TrainingChat, require_consistent, stop_mismatch
 from togi.export.gguf import GGUFExport, export_gguf
+from togi.runs import Run
 
 DEFAULT_TEMPERATURE = 0.3
 MAX_DEFAULT_CONTEXT = 4096
@@ -40,7 +41,7 @@ def constant_system_prompt(run_dir: Path) -> str | None:
     from togi.data.formats import load_dataset
 
     prompts = set()
-    for example in load_dataset(run_dir / "data" / "train.jsonl").examples:
+    for example in load_dataset(Run(run_dir).split_path("train")).examples:
         messages = getattr(example, "prompt_messages", None) or getattr(example, "messages", [])
         prompts.add(messages[0].content if messages and messages[0].role == "system" else None)
         if len(prompts) > 1:

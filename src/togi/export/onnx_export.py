@@ -23,6 +23,7 @@ from typing import Any
 
 from togi.export import ExportError
 from togi.export.merge import replace_directory
+from togi.runs import Run
 
 TOLERANCE = 1e-3  # largest logit difference accepted between onnxruntime and PyTorch (fp32)
 INSTALL_HINT = "install the ONNX exporter and runtime with: pip install 'togi[onnx]'"
@@ -58,7 +59,7 @@ def load_for_onnx(source: Path) -> tuple[Any, Any, str]:
     from togi.export.merge import tuned_model
     from togi.models.resolve import load_tokenizer
 
-    if (source / "config.yaml").is_file():
+    if Run.is_run(source):
         model, tokenizer = tuned_model(source)
         return model, tokenizer, "causal-lm"
     if not (source / "config.json").is_file():
@@ -71,7 +72,7 @@ def load_for_onnx(source: Path) -> tuple[Any, Any, str]:
 
 
 def check_texts(source: Path, tokenizer: Any) -> list[str]:
-    if (source / "data").is_dir():
+    if Run(source).data_dir.is_dir():
         from togi.export.gguf import held_out_prompts
 
         return held_out_prompts(source, tokenizer)

@@ -55,10 +55,13 @@ def resolve_model(reference: str | None, log: Callable[[str], None] = lambda mes
             raise ModelNotFound(f"no GGUF file at {path}", "check the path")
         return ModelSource(reference, path.parent, path.name)
     if path.is_dir():
-        if (path / "run.json").is_file() and (path / "config.yaml").is_file():
+        from togi.runs import Run  # the run directory's layout (a layer up): only to name the way to a run's weights
+
+        run = Run(path)
+        if run.info_path.is_file() and run.config_path.is_file():
             raise ModelNotFound(f"{path} is a togi run directory, not a model",
                                 f"to train on from it, export its weights first: togi export {path} --to merged, then "
-                                f"--model {path / 'export' / 'merged'} (a full or freeze run's weights are in {path / 'model'})")
+                                f"--model {path / 'export' / 'merged'} (a full or freeze run's weights are in {run.model_dir})")
         if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
             raise ModelNotFound(f"{path} holds no tokenizer (tokenizer.json or tokenizer_config.json)",
                                 "point --model at a Hugging Face model directory saved with save_pretrained")

@@ -7,17 +7,14 @@ tokenizer. Texts are truncated as in training and batched by length; each gets a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from togi.config import load_config
 from togi.errors import TogiError
-from togi.models.device import plan_device
-from togi.train.run_dir import RunDirectory
+from togi.runs import Run
 
 
 class NotAClassifierRun(TogiError):
@@ -43,7 +40,7 @@ class Prediction:
 
 
 class TextClassifier:
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, device: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, device: Any) -> None:
         self.model, self.tokenizer, self.max_length, self.device = model, tokenizer, max_length, device
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
@@ -63,36 +60,14 @@ class TextClassifier:
 
 
 def load_classification_run(run_dir: Path | str) -> TextClassifier:
-    """The classifier a run trained. Raises NotAClassifierRun for a directory that holds none."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    run = RunDirectory(Path(run_dir))
-    try:
-        info = run.read_info()
-    except (OSError, json.JSONDecodeError):
-        info = {}
-    if not run.config_path.is_file() or not info:
-        raise NotAClassifierRun(f"{run.path} is not a togi run directory (no config.yaml and run.json)",
-                                "pass the directory `togi train` created, e.g. runs/reviews-classification")
+    """The classifier a run trained. Raises NotAClassifierRun for a run that is not a classification run, and
+    ``togi.runs.RunDirectoryError`` for a directory that is no run or holds no trained model yet."""
+    run = Run.open(run_dir)
+    info = run.info
     if info.get("task") != "classification":
         raise NotAClassifierRun(f"{run.path} is a {info.get('stage', 'sft')} run of a chat model, not a classification run",
                                 "train a classifier with task: classification (examples/recipes/reviews-classification.yaml); "
                                 f"chat with this one: togi chat {run.path}")
-    output = next((run.path / name for name in ("model", "adapter") if (run.path / name).is_dir()), None)
-    if output is None:
-        raise NotAClassifierRun(f"{run.path} holds no trained classifier yet (status: {info.get('status')})",
-                                "wait for the run to finish, or train again")
-    plan = plan_device()
-    tokenizer = AutoTokenizer.from_pretrained(output)
-    if output.name == "adapter":
-        from peft import AutoPeftModelForSequenceClassification
-
-        labels = info["labels"]
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            output, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-            pad_token_id=tokenizer.pad_token_id, dtype=plan.weights_dtype).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(output, dtype=plan.weights_dtype)
-    config = load_config(run.config_path)
-    max_length = min(config.data.max_length, getattr(model.config, "max_position_embeddings", None) or config.data.max_length)
-    return TextClassifier(model.to(plan.device).eval(), tokenizer, max_length, plan.device)
+    model, tokenizer = run.load_trained_model()
+    max_length = min(run.config.data.max_length, getattr(model.config, "max_position_embeddings", None) or run.config.data.max_length)
+    return TextClassifier(model, tokenizer, max_length, model.device)

@@ -7,7 +7,7 @@ and checkpoints become events and checkpoint records as they appear in the run d
 starts again (after a pause, or after the server was killed) resumes from its last checkpoint.
 
 Jobs of ``method.type`` ``dpo`` train togi's DPO stage (LoRA, beta "auto" = 0.1, learning rate 5e-5 times
-the multiplier) on preference pairs in OpenAI's format; they start over instead of resuming after a restart.
+the multiplier) on preference pairs in OpenAI's format.
 
 "auto" hyper-parameters, from the number of training examples N:
 - ``n_epochs``: 3, raised so the job makes at least 100 example passes (ceil(100 / N), at most 10),
@@ -25,10 +25,10 @@ import shutil
 import sys
 import threading
 import time
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from togi.runs import Run, checkpoint_step
 from togi.serve.job_record import FineTuningJob, get_job, update_job
 from togi.serve.store import SQLiteStore, Store, new_id
 
@@ -149,7 +149,7 @@ class RunWatcher:
 
     def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int) -> None:
         self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
-        self.run_dir = job_directory(data_dir, job["id"]) / "run"
+        self.run = Run(job_directory(data_dir, job["id"]) / "run")
         self.reported_step = job["internal"].get("reported_step", 0)
         self.reported_eval_step = job["internal"].get("reported_eval_step", 0)
         self._stop = threading.Event()
@@ -169,8 +169,7 @@ class RunWatcher:
             self.poll()
 
     def poll(self) -> None:
-        metrics = self.run_dir / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()] if metrics.is_file() else []
+        records = self.run.metrics()
         for record in records:
             if "train_loss" in record and record["step"] > self.reported_step:
                 self.reported_step = record["step"]
@@ -187,7 +186,7 @@ class RunWatcher:
                 add_event(self.store, self.job, f"Step {record['step']}/{self.total_steps}: validation loss={record['eval_loss']:.4f}",
                           kind="metrics", data=data)
                 self._remember()
-        for checkpoint in sorted((self.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+        for checkpoint in self.run.checkpoints():
             self._record_checkpoint(checkpoint, records)
 
     def _remember(self) -> None:
@@ -196,7 +195,7 @@ class RunWatcher:
         update_job(self.store, self.job["id"], internal=self.job["internal"])
 
     def _record_checkpoint(self, checkpoint: Path, records: list[dict[str, Any]]) -> None:
-        step = int(checkpoint.name.split("-")[-1])
+        step = checkpoint_step(checkpoint)
         checkpoint_id = f"ftckpt-{self.job['id'].removeprefix('ftjob-')}-{step}"
         adapter = checkpoint / "adapter_model.safetensors"
         if self.store.get("checkpoint", checkpoint_id) or not adapter.is_file() or not (checkpoint / "trainer_state.json").is_file():
@@ -229,9 +228,7 @@ def add_model(store: Store, model_id: str, job: FineTuningJob, adapter_dir: Path
 def results_csv(run_dir: Path) -> str:
     """The results file: one row per logged step, in OpenAI's columns."""
     rows: dict[int, dict[str, Any]] = {}
-    metrics = run_dir / "metrics.jsonl"
-    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []:
-        record = json.loads(line)
+    for record in Run(run_dir).metrics():
         row = rows.setdefault(record["step"], {"step": record["step"]})
         if "train_loss" in record:
             row.update(train_loss=record["train_loss"], train_accuracy=record.get("train_token_accuracy"))
@@ -255,24 +252,15 @@ def run_job(data_dir: Path, job_id: str) -> int:
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
-    dpo = job["method"]["type"] == "dpo"
-    if dpo and run_dir.exists():  # the preference stages do not resume from checkpoints yet: start over
-        shutil.rmtree(run_dir)
-        add_event(store, job, "DPO jobs do not resume from checkpoints yet: the job starts again from the beginning", level="warn")
-    resuming = (run_dir / "config.yaml").is_file()
+    resuming = Run.is_run(run_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
-    checkpoints = sorted(int(p.name.split("-")[-1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")) if resuming else []
-    add_event(store, job, f"Fine-tuning job resumed from the checkpoint at step {checkpoints[-1]}" if checkpoints
+    checkpoints = Run(run_dir).checkpoints() if resuming else []
+    add_event(store, job, f"Fine-tuning job resumed from the checkpoint at step {checkpoint_step(checkpoints[-1])}" if checkpoints
               else "Fine-tuning job started")
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps):
-            if dpo:
-                from togi.train.preference import train_stage
-
-                output_dir = train_stage(config, log=lambda message: None) / "adapter"
-            else:
-                output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
+            output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
     except Exception as error:  # the job fails; the server goes on
         if get_job(store, job_id)["status"] == "running":
             message = user_message(error, job, data_dir)

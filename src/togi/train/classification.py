@@ -4,15 +4,13 @@
            -> model with a new head, the method applied (classifier.py) -> transformers' Trainer, evaluated every
               epoch (accuracy, macro-F1) -> model or adapter, its config naming the labels (id2label)
 
-The run directory is the one SFT writes (``run_dir.py``), with ``task: classification`` and the labels in
+The run directory is the one SFT writes (``togi.runs``), with ``task: classification`` and the labels in
 run.json, and the validation split's majority-class baseline recorded beside the scores it is to be beaten by.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,36 +19,17 @@ from transformers import TrainerCallback
 from togi.config import TrainConfig
 from togi.data.examples import ClassificationExample
 from togi.data.labels import accuracy_and_macro_f1
-from togi.data.writer import atomic_write_text
-from togi.models.device import DevicePlan, plan_device
+from togi.models.device import DevicePlan
 from togi.models.resolve import load_tokenizer, resolve_model
-from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
+from togi.runs import Run
+from togi.train import RunResult
 from togi.train.classification_data import load_classification_data, save_split, tokenize_labelled
 from togi.train.classifier import HeadOnFeatures, apply_classifier_method, head_features, load_classifier
-from togi.train.methods import ParameterCount, count_parameters
-from togi.train.plot import read_metrics
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
-from togi.train.sft import TrainingFailed
-from togi.train.threads import CpuThreadGovernor, threads_chosen_by_user
+from togi.train.methods import count_parameters
 from togi.train.runnable import check_runnable
+from togi.train.session import TrainingSession
 
 FEATURE_BATCH = 32  # examples per pass when a frozen model computes the head's features
-
-
-@dataclass
-class ClassificationResult:
-    run_dir: Path
-    output_dir: Path
-    labels: list[str]
-    steps: int
-    train_loss: float | None
-    eval_loss: float | None
-    accuracy: float | None
-    macro_f1: float | None
-    majority_baseline: float | None  # the validation share of the most common training label
-    parameters: ParameterCount
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
 
 
 def majority_baseline(train: list[ClassificationExample], val: list[ClassificationExample]) -> float | None:
@@ -83,24 +62,15 @@ class EpochReport(TrainerCallback):
                      f"macro-F1 {metrics['eval_macro_f1']:.3f}")
 
 
-def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[[str], None] = print,
-                     callbacks: Sequence[Any] = ()) -> ClassificationResult:
-    """Train a classifier as the config says and return where it is and how it scored."""
+def train_classifier(config: TrainConfig, *, resume_dir: Path | str | None = None, console: Any = None, log: Callable[[str], None] = print,
+                     callbacks: Sequence[Any] = ()) -> RunResult:
+    """Train a classifier as the config says; the result has its labels and its scores (see ``togi.train.train``).
+    A classification run saves no checkpoints to continue from: ``resume_dir`` is refused."""
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     check_runnable(config)
-    started = time.perf_counter()
-    run = RunDirectory(config.output_dir or default_run_dir(config))
-    if run.path.exists() and any(run.path.iterdir()):
-        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir", run.path, "set output_dir (--output-dir) to a new directory")
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        log(f"warning: {message}")
-
-    plan = plan_device(config.training.precision)
+    session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks, resumable=False)
+    run, plan, warn = session.run, session.plan, session.warn
     source = resolve_model(config.model, log)
     tokenizer = load_tokenizer(config.model, log)
     if tokenizer.pad_token is None:  # decoders have none; batches of texts of several lengths need one
@@ -120,19 +90,13 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
     val_set = tokenize_labelled(data.val, data.labels, tokenizer, max_length=max_length) if data.val else None
 
     run.path.mkdir(parents=True, exist_ok=True)
-    save_split(data.train, run.data_dir / "train.jsonl")
+    save_split(data.train, run.split_path("train"))
     if data.val:
-        save_split(data.val, run.data_dir / "val.jsonl")
-    atomic_write_text(run.config_path, config.to_yaml())
+        save_split(data.val, run.split_path("val"))
     baseline = majority_baseline(data.train, data.val)
-    run.write_info(
-        status="running", task="classification", method=config.method, model=config.model, labels=data.labels, head=head,
-        device=plan.description, parameters=str(parameters), versions=library_versions(), started_at=int(time.time()),
-        data={"train": file_fingerprint(config.data.train_file),
-              "val": file_fingerprint(config.data.val_file) if config.data.val_file else None,
-              "train_examples": len(data.train), "val_examples": len(data.val),
-              "train_labels": dict(Counter(example.label for example in data.train)), "majority_baseline": baseline},
-    )
+    session.start(task="classification", labels=data.labels, head=head, parameters=str(parameters),
+                  data={**session.fingerprint_data(), "train_examples": len(data.train), "val_examples": len(data.val),
+                        "train_labels": dict(Counter(example.label for example in data.train)), "majority_baseline": baseline})
 
     trained, collator = model, DataCollatorWithPadding(tokenizer)
     features = head_features(model, head, train_set, tokenizer, batch_size=FEATURE_BATCH, device=plan.device) if config.method == "freeze" else None
@@ -141,61 +105,26 @@ def train_classifier(config: TrainConfig, *, console: Any = None, log: Callable[
         trained, collator, train_set = HeadOnFeatures(model.get_submodule(head[0])), default_data_collator, features
         val_set = head_features(model, head, val_set, tokenizer, batch_size=FEATURE_BATCH, device=plan.device) if val_set else None
 
-    recorder = MetricsRecorder(run.metrics_path, run.plot_path)
-    guard = HealthGuard(warn)
-    callbacks = [recorder, guard, EpochReport(log), *callbacks]
-    if plan.device == "cpu" and not threads_chosen_by_user():
-        callbacks.append(CpuThreadGovernor())
-    if console is not None:
-        callbacks.append(RichProgress(console, recorder))
-    if config.monitoring.early_stopping_patience and val_set is not None:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.monitoring.early_stopping_patience))
     trainer = Trainer(model=trained, args=_arguments(config, plan, run, has_val=val_set is not None, by_length=features is None),
                       train_dataset=train_set, eval_dataset=val_set, data_collator=collator, compute_metrics=label_scores(data.labels),
-                      callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    try:
-        trainer.train()
-    finally:
-        recorder.refresh_plot()
-    if guard.bad_loss_step is not None:
-        run.write_info(status="failed", error=f"loss became NaN or infinite at step {guard.bad_loss_step}")
-        raise TrainingFailed(f"the loss became NaN or infinite at step {guard.bad_loss_step}; nothing was saved. Lower "
-                             "training.learning_rate, or train in fp32 (training.precision: fp32)", run.path)
+                      callbacks=session.callbacks(has_val=val_set is not None, extra=[EpochReport(log)]))
+    output = session.train(trainer)
 
-    if run.checkpoints.is_dir() and not any(run.checkpoints.iterdir()):
-        run.checkpoints.rmdir()  # the Trainer makes it; only early stopping saves checkpoints
-    output_dir = run.output_dir(config)
-    (model if features is not None else trainer.model).save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    records = read_metrics(run.metrics_path)
-    last_train = next((r for r in reversed(records) if "train_loss" in r), {})
-    last_eval = next((r for r in reversed(records) if "eval_loss" in r), {})
-    result = ClassificationResult(
-        run_dir=run.path, output_dir=output_dir, labels=data.labels, steps=trainer.state.global_step,
-        train_loss=last_train.get("train_loss"), eval_loss=last_eval.get("eval_loss"), accuracy=last_eval.get("eval_accuracy"),
-        macro_f1=last_eval.get("eval_macro_f1"), majority_baseline=baseline, parameters=parameters,
-        seconds=round(time.perf_counter() - started, 1), warnings=warnings,
-    )
-    run.write_info(status="succeeded", finished_at=int(time.time()), output=str(output_dir), warnings=warnings,
-                   head_features="computed once" if features is not None else "computed every step",
-                   result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
-                           "accuracy": result.accuracy, "macro_f1": result.macro_f1, "majority_baseline": baseline,
-                           "seconds": result.seconds})
-    write_model_card(run, config, run.read_info())
-    return result
+    if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
+        run.checkpoints_dir.rmdir()  # the Trainer makes it; only early stopping saves checkpoints
+    (model if features is not None else trainer.model).save_pretrained(str(session.output_dir))
+    tokenizer.save_pretrained(str(session.output_dir))
+    return session.finish(trainer, output, parameters=parameters, scores={"majority_baseline": baseline}, labels=data.labels,
+                          head_features="computed once" if features is not None else "computed every step")
 
 
-def _arguments(config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool, by_length: bool) -> Any:
+def _arguments(config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool, by_length: bool) -> Any:
     from transformers import TrainingArguments
 
     training, monitoring = config.training, config.monitoring
     stop_early = bool(monitoring.early_stopping_patience and has_val)
     return TrainingArguments(
-        output_dir=str(run.checkpoints), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
+        output_dir=str(run.checkpoints_dir), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size, per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, learning_rate=config.learning_rate,
         lr_scheduler_type=training.scheduler, warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio of the steps

@@ -3,24 +3,13 @@ metric of each evaluation (accuracy, macro-F1, exact match, ROUGE-L) on a second
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from togi.runs import read_metrics
+
 TASK_METRICS = {"eval_accuracy": ("accuracy", "#2ca02c"), "eval_macro_f1": ("macro-F1", "#9467bd"),
                 "eval_exact_match": ("exact match", "#8c564b"), "eval_rouge_l": ("ROUGE-L", "#ff7f0e")}
-
-
-def read_metrics(metrics_path: Path) -> list[dict]:
-    if not metrics_path.is_file():
-        return []
-    records = []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut off by a killed run
-    return records
 
 
 def plot_losses(metrics_path: Path, plot_path: Path) -> None:

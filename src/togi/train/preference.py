@@ -9,8 +9,9 @@
 - ``rlhf``: online optimisation with TRL's GRPOTrainer against a reward model (a ``reward`` run) or a
   reward function. TRL 1.x ships GRPO and RLOO and no longer ships PPO, so togi's RLHF stage is GRPO.
 
-Every stage reads both preference formats (TRL pairs and OpenAI DPO, or KTO rows) and writes the same
-run directory as SFT: config.yaml, run.json, metrics.jsonl, checkpoints/, adapter/ or model/.
+Every stage reads both preference formats (TRL pairs and OpenAI DPO, or KTO rows), writes the same run
+directory as SFT (``togi.runs``) with its own logged values in stage_metrics.jsonl, and resumes from its last
+checkpoint as SFT does (``togi.train.session``).
 
 Default learning rates (``training.learning_rate`` overrides): dpo/orpo/kto 5e-5 with adapters and
 5e-7 for full training (the seed's value for 7B-class models); reward 1e-4 / 1e-5; rlhf 1e-5 / 1e-6.
@@ -20,26 +21,28 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from togi.config import TrainConfig
 from togi.data.examples import ChatExample, ExampleKind, KTOExample, PreferenceExample
 from togi.data.formats import load_dataset
 from togi.errors import TogiError
-from togi.models.device import plan_device
+from togi.models.device import DevicePlan
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
+from togi.runs import Run
+from togi.train import RunResult
 from togi.train.callbacks import MetricsRecorder
 from togi.train.methods import apply_method, count_parameters, lora_config
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions
 from togi.train.runnable import check_runnable
+from togi.train.session import TrainingSession
 
 
 class StageDataError(TogiError):
-    """A preference or RL stage cannot run on what it was given: the data, the reward function or the output directory."""
+    """The stage's data, or its reward function, is not what the stage needs."""
 
+    hint = "see the stage's data formats in `togi data convert --help`"
     work_failed = True
 
 
@@ -70,17 +73,17 @@ def preference_rows(path: Path, stage: str) -> list[dict[str, Any]]:
                          "see the stage's data formats in `togi data convert --help`")
 
 
-def _common_arguments(config: TrainConfig, run: RunDirectory, has_val: bool) -> dict[str, Any]:
+def _common_arguments(config: TrainConfig, plan: DevicePlan, run: Run, has_val: bool) -> dict[str, Any]:
     training, monitoring = config.training, config.monitoring
-    plan = plan_device(training.precision)
     return dict(
-        output_dir=str(run.checkpoints), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
+        output_dir=str(run.checkpoints_dir), num_train_epochs=training.epochs, max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size, per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, learning_rate=config.learning_rate,
         lr_scheduler_type=training.scheduler, warmup_steps=training.warmup_ratio, weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm, seed=training.seed, data_seed=training.seed,
         bf16=plan.precision == "bf16", fp16=plan.precision == "fp16", use_cpu=plan.device == "cpu",
-        logging_steps=monitoring.log_every, eval_strategy="steps" if has_val else "no", eval_steps=monitoring.eval_every,
+        logging_steps=monitoring.log_every, logging_nan_inf_filter=False,  # the health guard must see a NaN loss
+        eval_strategy="steps" if has_val else "no", eval_steps=monitoring.eval_every,
         save_strategy="steps", save_steps=monitoring.save_every, save_total_limit=monitoring.keep_checkpoints,
         report_to=[] if monitoring.report_to == "none" else [monitoring.report_to], disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -89,10 +92,14 @@ def _common_arguments(config: TrainConfig, run: RunDirectory, has_val: bool) -> 
 class StageLog(MetricsRecorder):
     """metrics.jsonl as for SFT, plus every value the stage's trainer logs (reward margins, accuracies, rewards)."""
 
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.metrics_path, run.plot_path)
+        self.stage_metrics_path = run.stage_metrics_path
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().on_log(args, state, control, logs=logs, **kwargs)
         if logs and "train_runtime" not in logs:
-            with (self.metrics_path.parent / "stage_metrics.jsonl").open("a", encoding="utf-8") as handle:
+            with self.stage_metrics_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
@@ -108,9 +115,9 @@ def load_reward_function(reference: str) -> Callable[..., list[float]]:
 def _reward_model(reference: str) -> Any:
     from transformers import AutoModelForSequenceClassification
 
+    if Run.is_run(reference):  # a run of stage reward
+        return Run.open(reference).load_trained_model()[0]
     path = Path(reference)
-    if (path / "config.yaml").is_file():  # a run of stage reward
-        path = path / ("model" if (path / "model").is_dir() else "adapter")
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForSequenceClassification
 
@@ -118,25 +125,25 @@ def _reward_model(reference: str) -> Any:
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
 
 
-def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Run one preference or RL stage; returns the run directory."""
+def train_stage(config: TrainConfig, *, resume_dir: Path | str | None = None, console: Any = None, log: Callable[[str], None] = print,
+                callbacks: Sequence[Any] = ()) -> RunResult:
+    """Run one preference or RL stage as the config says (see ``togi.train.train`` for the arguments)."""
     import peft
     from transformers import AutoModelForSequenceClassification, set_seed
 
     check_runnable(config)
     stage = config.stage
-    run = RunDirectory(config.output_dir or default_run_dir(config))
-    if run.path.exists() and any(run.path.iterdir()):
-        raise StageDataError(f"{run.path} already holds a run; choose another output_dir", "set output_dir (--output-dir) to a new directory")
+    session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
+    run, plan = session.run, session.plan
     rows = preference_rows(config.data.train_file, stage)
     val_rows = preference_rows(config.data.val_file, stage) if config.data.val_file else []
+    fingerprints = session.fingerprint_data()
     source = resolve_model(config.model, log)
     tokenizer = load_tokenizer(config.model, log)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    plan = plan_device(config.training.precision)
     set_seed(config.training.seed)
-    arguments = _common_arguments(config, run, has_val=bool(val_rows))
+    arguments = _common_arguments(config, plan, run, has_val=bool(val_rows))
     beta = config.preference.beta
 
     if stage == "reward":
@@ -174,29 +181,18 @@ def train_stage(config: TrainConfig, log: Callable[[str], None] = print) -> Path
     parameters = count_parameters(model)
     log(f"stage {stage}: {len(rows)} training rows; {parameters}")
 
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.config_path.write_text(config.to_yaml(), encoding="utf-8")
-    run.write_info(status="running", stage=stage, method=config.method, model=config.model, device=plan.description,
-                   parameters=str(parameters), versions=library_versions(), started_at=int(time.time()),
-                   data={"train": file_fingerprint(config.data.train_file), "train_rows": len(rows), "val_rows": len(val_rows)},
-                   chat_template_text=tokenizer.chat_template, eos_token=tokenizer.eos_token)
+    session.start(stage=stage, parameters=str(parameters), chat_template_text=tokenizer.chat_template, eos_token=tokenizer.eos_token,
+                  data={**fingerprints, "train_examples": len(rows), "val_examples": len(val_rows)})
     from datasets import Dataset
 
-    recorder = StageLog(run.metrics_path, run.plot_path)
+    # No early stopping: the stages' arguments keep no best checkpoint to return to.
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                            eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                            processing_class=tokenizer, callbacks=[recorder], **extra)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.train()
-    recorder.refresh_plot()
-    output_dir = run.output_dir(config)
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    run.write_info(status="succeeded", finished_at=int(time.time()), output=str(output_dir), result={"steps": trainer.state.global_step})
-    return run.path
+                            eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tokenizer,
+                            callbacks=session.callbacks(has_val=bool(val_rows), recorder=StageLog(run), early_stopping=False), **extra)
+    output = session.train(trainer)
+    trainer.save_model(str(session.output_dir))
+    tokenizer.save_pretrained(str(session.output_dir))
+    return session.finish(trainer, output, parameters=parameters)
 
 
 def pair_margins(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[float]:

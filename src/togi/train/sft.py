@@ -3,75 +3,37 @@
     config -> device plan -> model source and tokenizer -> checked, split, tokenized data
            -> model with the method applied -> TRL SFTTrainer with togi's callbacks -> adapter or model
 
-Everything a run needs to be understood later is written to its run directory (see ``run_dir.py``).
+Run it through ``togi.train.train``, which picks the recipe a config names. What every recipe does around its
+trainer (the run directory, resuming, callbacks, failures, the result) is ``session.py``'s.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from togi.config import TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
-from togi.errors import TogiError
-from togi.models.device import DevicePlan, plan_device
+from togi.models.device import DevicePlan
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
+from togi.runs import Run
+from togi.train import RunResult
 from togi.train.attention import per_example_attention
-from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
-from togi.train.methods import ParameterCount, apply_method, check_method_fits, count_parameters
-from togi.train.samples import Sample, sample_generations, save_samples
-from togi.train.task_metric import TaskScorer
-from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
-from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
-from togi.train.run_dir import RunDirectory, default_run_dir, file_fingerprint, library_versions, write_model_card
+from togi.train.methods import apply_method, check_method_fits, count_parameters
 from togi.train.runnable import check_runnable
-
-OOM_REMEDIES = (
-    "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
-    "turn on training.gradient_checkpointing; use method qlora on a GPU; lower data.max_length; "
-    "or let training.auto_batch find the largest batch that fits"
-)
+from togi.train.samples import sample_generations, save_samples
+from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
+from togi.train.session import TrainingSession
+from togi.train.task_metric import TaskScorer
 
 
-class TrainingFailed(TogiError):
-    """The run stopped for a reason the user can act on; ``run_dir`` keeps what was saved."""
-
-    work_failed = True
-
-    def __init__(self, message: str, run_dir: Path, hint: str | None = None) -> None:
-        super().__init__(message, hint if hint is not None else f"what was saved is in {run_dir}")
-        self.run_dir = run_dir
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    output_dir: Path
-    status: str
-    steps: int
-    train_loss: float | None
-    eval_loss: float | None
-    parameters: ParameterCount
-    tokens_per_second: float | None
-    warnings: list[str] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    message = str(error).lower()
-    return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
-
-
-def train(
+def train_sft(
     config: TrainConfig,
     *,
     resume_dir: Path | str | None = None,
@@ -79,26 +41,13 @@ def train(
     log: Callable[[str], None] = print,
     callbacks: Sequence[Any] = (),
 ) -> RunResult:
-    """Train as the config says and return where the result is. ``resume_dir`` continues a run from its
-    last checkpoint, with the same data order and random state as if it had never stopped; ``callbacks``
-    are more transformers ``TrainerCallback``s to run beside togi's own."""
+    """Fine-tune a chat model on chat examples as the config says (see ``togi.train.train`` for the arguments)."""
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     check_runnable(config)
-    run = RunDirectory(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
-    checkpoint = run.last_checkpoint() if resume_dir else None
-    if not resume_dir and run.path.exists() and any(run.path.iterdir()):
-        raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir, or continue it with --resume {run.path}", run.path,
-                             "set output_dir (--output-dir) to a new directory")
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        log(f"warning: {message}")
-
-    plan = plan_device(config.training.precision)
+    session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
+    run, plan, warn = session.run, session.plan, session.warn
     source = resolve_model(config.model, log)
     check_method_fits(config, source)
     tokenizer = load_tokenizer(config.model, log)
@@ -108,17 +57,14 @@ def train(
         template_note = "togi's ChatML fallback (the tokenizer had none)"
         warn("the tokenizer has no chat template: using togi's ChatML fallback (recorded in run.json)")
     data = load_training_data(config, tokenizer, seed=config.training.seed)
-    fingerprints = {"train": file_fingerprint(config.data.train_file),
-                    "val": file_fingerprint(config.data.val_file) if config.data.val_file else None}
-    if resume_dir:
-        _require_same_data(run, fingerprints)
+    fingerprints = session.fingerprint_data()
     log(f"data: {len(data.train)} training and {len(data.val)} validation examples; {plan.description}")
     for finding in data.warnings[:5]:
         warn(f"data: {finding}")
     run.path.mkdir(parents=True, exist_ok=True)
-    save_split(data.train, run.data_dir / "train.jsonl")
+    save_split(data.train, run.split_path("train"))
     if data.val:
-        save_split(data.val, run.data_dir / "val.jsonl")
+        save_split(data.val, run.split_path("val"))
     train_set = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt)
     val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt) if data.val else None
 
@@ -128,28 +74,8 @@ def train(
     parameters = count_parameters(model)
     log(str(parameters))
 
-    run.config_path.write_text(config.to_yaml(), encoding="utf-8")
-    run.write_info(
-        status="running", method=config.method, model=config.model, device=plan.description, parameters=str(parameters),
-        chat_template=template_note, chat_template_text=chat_template_of(tokenizer)[0], eos_token=tokenizer.eos_token,
-        versions=library_versions(), started_at=int(time.time()),
-        data={**fingerprints, "train_examples": len(data.train), "val_examples": len(data.val)},
-    )
-    if resume_dir:
-        run.drop_metrics_after(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0)
-        log(f"resuming from {checkpoint}" if checkpoint else "no checkpoint was saved yet: starting the run over")
-
-    recorder = MetricsRecorder(run.metrics_path, run.plot_path)
-    guard = HealthGuard(warn)
-    callbacks = [recorder, guard, *callbacks]
-    if plan.device == "cpu" and not threads_chosen_by_user():
-        callbacks.append(CpuThreadGovernor())
-    if console is not None:
-        callbacks.append(RichProgress(console, recorder))
-    if config.monitoring.early_stopping_patience and val_set is not None:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.monitoring.early_stopping_patience))
+    session.start(parameters=str(parameters), chat_template=template_note, chat_template_text=chat_template_of(tokenizer)[0],
+                  eos_token=tokenizer.eos_token, data={**fingerprints, "train_examples": len(data.train), "val_examples": len(data.val)})
 
     scorer = None
     if config.monitoring.watches_the_task:
@@ -178,65 +104,20 @@ def train(
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=session.callbacks(has_val=val_set is not None),
     )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    try:
-        with thread_count_restored(), per_example_attention(trainer.model) if plan.device == "cpu" and trainer.args.padding_free else nullcontext():
-            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except (RuntimeError, MemoryError) as error:
-        if _is_out_of_memory(error):
-            run.write_info(status="failed", error="out of memory")
-            raise TrainingFailed(f"out of memory at batch size {config.training.batch_size}: {OOM_REMEDIES}", run.path) from None
-        raise
-    finally:
-        recorder.refresh_plot()
+    on_cpu_padding_free = plan.device == "cpu" and trainer.args.padding_free
+    output = session.train(trainer, around=per_example_attention(trainer.model) if on_cpu_padding_free else None)
 
-    if guard.bad_loss_step is not None:
-        last_good = run.last_checkpoint()
-        run.write_info(status="failed", error=f"loss became NaN or infinite at step {guard.bad_loss_step}",
-                       last_good_checkpoint=str(last_good) if last_good else None)
-        raise TrainingFailed(
-            f"the loss became NaN or infinite at step {guard.bad_loss_step}; training stopped and nothing was saved from that step "
-            f"(last good checkpoint: {last_good or 'none yet'}). Lower training.learning_rate, keep max_grad_norm at 1.0, "
-            "or train in fp32 (training.precision: fp32)", run.path)
-
-    output_dir = run.output_dir(config)
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    trainer.save_model(str(session.output_dir))
+    tokenizer.save_pretrained(str(session.output_dir))
     samples = []
     if config.monitoring.samples:
         held_out = (data.val or data.train)[: config.monitoring.samples]
         load_base = None if config.traits.adapter else (lambda: load_causal_lm(source, plan))
         samples = sample_generations(trainer.model, tokenizer, held_out, load_base=load_base)
-        save_samples(samples, run.path / "samples.jsonl")
-    records = [r for r in _read_records(run) if "train_loss" in r or "eval_loss" in r]
-    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
-    eval_losses = [r["eval_loss"] for r in records if "eval_loss" in r]
-    speeds = [r["tokens_per_second"] for r in records if "tokens_per_second" in r]
-    status = "early_stopped" if trainer.state.global_step < trainer.state.max_steps else "succeeded"
-    result = RunResult(
-        run_dir=run.path, output_dir=output_dir, status=status, steps=trainer.state.global_step,
-        train_loss=train_losses[-1] if train_losses else output.training_loss,
-        eval_loss=eval_losses[-1] if eval_losses else None, parameters=parameters,
-        tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None, warnings=warnings, samples=samples,
-    )
-    run.write_info(status=status, finished_at=int(time.time()), output=str(output_dir), warnings=warnings,
-                   result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
-                           "tokens_per_second": result.tokens_per_second})
-    write_model_card(run, config, run.read_info())
-    return result
-
-
-def _require_same_data(run: RunDirectory, fingerprints: dict[str, Any]) -> None:
-    """A resumed run must see the data it started with, or it would silently train on something else."""
-    recorded = run.read_info().get("data", {})
-    for name, fingerprint in fingerprints.items():
-        before = recorded.get(name)
-        if before and fingerprint and before["sha256"] != fingerprint["sha256"]:
-            raise TrainingFailed(f"{fingerprint['path']} changed since this run started, so resuming would train on other data; "
-                                 "start a new run instead", run.path)
+        save_samples(samples, run.samples_path)
+    return session.finish(trainer, output, parameters=parameters, samples=samples)
 
 
 def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
@@ -316,18 +197,12 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     return TogiSFTTrainer
 
 
-def _read_records(run: RunDirectory) -> list[dict]:
-    from togi.train.plot import read_metrics
-
-    return read_metrics(run.metrics_path)
-
-
-def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: RunDirectory, *, has_val: bool) -> Any:
+def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool) -> Any:
     training, monitoring = config.training, config.monitoring
     virtual_tokens = config.traits.virtual_tokens
     activation_checkpointing = plan.device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
     return sft_config_class(
-        output_dir=str(run.checkpoints),
+        output_dir=str(run.checkpoints_dir),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size,

@@ -1,0 +1,181 @@
+"""What every recipe does around its trainer, written once, so that SFT, the preference stages and the
+classifier open, resume, watch, fail and finish a run alike:
+
+- the run directory: a new run needs an empty one; ``resume_dir`` continues a run from its last complete
+  checkpoint, and refuses data files that changed since it started;
+- warnings, logged as they come and kept for the result and run.json;
+- togi's callbacks beside the user's: metrics.jsonl and the loss plot, the NaN-loss and overfitting guard,
+  the CPU thread governor, the progress bar, early stopping;
+- running the trainer: an out-of-memory error or a NaN loss stops the run with what to do about it;
+- the end: the result read back from the metrics, recorded in run.json, and the model card.
+
+A recipe reads as::
+
+    session = TrainingSession.open(config, resume_dir=..., console=..., log=..., callbacks=...)
+    fingerprints = session.fingerprint_data()          # before anything is written
+    ... data, tokenizer and model ...
+    session.start(data=..., **what run.json should record)
+    trainer = Trainer(..., callbacks=session.callbacks(has_val=...))
+    output = session.train(trainer)
+    ... save the model into session.output_dir ...
+    return session.finish(trainer, output, parameters=...)
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from togi.config import TrainConfig
+from togi.models.device import DevicePlan, plan_device
+from togi.runs import Run, checkpoint_step
+from togi.train import RunResult, TrainingFailed
+from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
+from togi.train.methods import ParameterCount
+from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card
+from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
+
+OOM_REMEDIES = (
+    "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
+    "turn on training.gradient_checkpointing; use method qlora on a GPU; lower data.max_length; "
+    "or let training.auto_batch find the largest batch that fits"
+)
+TASK_SCORES = ("accuracy", "macro_f1", "exact_match", "rouge_l")  # what an evaluation may score besides the loss
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    message = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
+
+
+class TrainingSession:
+    def __init__(self, config: TrainConfig, run: Run, *, resuming: bool, console: Any, log: Callable[[str], None],
+                 callbacks: Sequence[Any]) -> None:
+        self.config, self.run, self.resuming = config, run, resuming
+        self.checkpoint = run.last_checkpoint() if resuming else None
+        self.console, self.log, self.user_callbacks = console, log, list(callbacks)
+        self.plan: DevicePlan = plan_device(config.training.precision)
+        self.warnings: list[str] = []
+        self.guard = HealthGuard(self.warn)
+        self.recorder: MetricsRecorder | None = None
+        self.started = time.perf_counter()
+
+    @classmethod
+    def open(cls, config: TrainConfig, *, resume_dir: Path | str | None = None, console: Any = None, log: Callable[[str], None] = print,
+             callbacks: Sequence[Any] = (), resumable: bool = True) -> TrainingSession:
+        """A session on a new run directory, or on ``resume_dir``. ``resumable`` is False for a recipe that saves
+        no checkpoints to continue from."""
+        if resume_dir is not None and not resumable:
+            raise TrainingFailed(f"a {config.task} run cannot be resumed: it saves no checkpoints to continue from", Path(resume_dir),
+                                 hint="train again with a new output_dir")
+        run = Run(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
+        if not resume_dir and run.path.exists() and any(run.path.iterdir()):
+            raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir"
+                                 + (f", or continue it with --resume {run.path}" if resumable else ""), run.path,
+                                 "set output_dir (--output-dir) to a new directory")
+        return cls(config, run, resuming=resume_dir is not None, console=console, log=log, callbacks=callbacks)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.output_dir_for(self.config.method)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The data files' fingerprints. A resumed run must see the data it started with, or it would silently
+        train on something else."""
+        data = self.config.data
+        fingerprints = {"train": file_fingerprint(data.train_file), "val": file_fingerprint(data.val_file) if data.val_file else None}
+        if self.resuming:
+            recorded = self.run.info.get("data", {})
+            for name, fingerprint in fingerprints.items():
+                before = recorded.get(name)
+                if before and fingerprint and before["sha256"] != fingerprint["sha256"]:
+                    raise TrainingFailed(f"{fingerprint['path']} changed since this run started, so resuming would train on other data; "
+                                         "start a new run instead", self.run.path)
+        return fingerprints
+
+    def start(self, **facts: Any) -> None:
+        """Write the recipe and run.json's first record (``facts`` beside the method, model, device and versions);
+        when resuming, forget the metrics a killed run logged after its last checkpoint."""
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.write_config(self.config)
+        self.run.write_info(status="running", method=self.config.method, model=self.config.model, device=self.plan.description,
+                            versions=library_versions(), started_at=int(time.time()), **facts)
+        if self.resuming:
+            self.run.drop_metrics_after(checkpoint_step(self.checkpoint) if self.checkpoint else 0)
+            self.log(f"resuming from {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet: starting the run over")
+
+    def callbacks(self, *, has_val: bool, recorder: MetricsRecorder | None = None, extra: Sequence[Any] = (),
+                  early_stopping: bool = True) -> list[Any]:
+        """togi's callbacks, ``extra`` ones of the recipe, then the user's. ``recorder`` replaces the plain
+        metrics recorder; early stopping (monitoring.early_stopping_patience) needs validation data, and a recipe
+        whose arguments keep the best checkpoint."""
+        self.recorder = recorder or MetricsRecorder(self.run.metrics_path, self.run.plot_path)
+        callbacks = [self.recorder, self.guard, *extra, *self.user_callbacks]
+        if self.plan.device == "cpu" and not threads_chosen_by_user():
+            callbacks.append(CpuThreadGovernor())
+        if self.console is not None:
+            callbacks.append(RichProgress(self.console, self.recorder))
+        if early_stopping and self.config.monitoring.early_stopping_patience and has_val:
+            from transformers import EarlyStoppingCallback
+
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.config.monitoring.early_stopping_patience))
+        return callbacks
+
+    def train(self, trainer: Any, around: AbstractContextManager[Any] | None = None) -> Any:
+        """Run ``trainer`` (inside ``around``), from the checkpoint when resuming. Out of memory, or a NaN or
+        infinite loss, fails the run in run.json and raises TrainingFailed with the remedies."""
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)  # togi logs to metrics.jsonl and draws its own progress bar
+        trainer.remove_callback(ProgressCallback)
+        try:
+            with thread_count_restored(), around or nullcontext():
+                output = trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        except (RuntimeError, MemoryError) as error:
+            if is_out_of_memory(error):
+                self.run.write_info(status="failed", error="out of memory")
+                raise TrainingFailed(f"out of memory at batch size {self.config.training.batch_size}: {OOM_REMEDIES}", self.run.path) from None
+            raise
+        finally:
+            if self.recorder is not None:
+                self.recorder.refresh_plot()
+        if self.guard.bad_loss_step is not None:
+            last_good = self.run.last_checkpoint()
+            self.run.write_info(status="failed", error=f"loss became NaN or infinite at step {self.guard.bad_loss_step}",
+                                last_good_checkpoint=str(last_good) if last_good else None)
+            raise TrainingFailed(
+                f"the loss became NaN or infinite at step {self.guard.bad_loss_step}; training stopped and nothing was saved from that step "
+                f"(last good checkpoint: {last_good or 'none yet'}). Lower training.learning_rate, keep max_grad_norm at 1.0, "
+                "or train in fp32 (training.precision: fp32)", self.run.path)
+        return output
+
+    def finish(self, trainer: Any, output: Any, *, parameters: ParameterCount, scores: dict[str, float | None] | None = None,
+               labels: Sequence[str] = (), samples: Sequence[Any] = (), **facts: Any) -> RunResult:
+        """The result, read back from the run's metrics; recorded in run.json (with ``facts``) and the model card.
+        ``scores`` are the recipe's own, beside those of the last evaluation."""
+        records = self.run.metrics()
+        train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+        last_eval = next((r for r in reversed(records) if "eval_loss" in r), {})
+        speeds = [r["tokens_per_second"] for r in records if "tokens_per_second" in r]
+        evaluated = {name: last_eval[f"eval_{name}"] for name in TASK_SCORES if f"eval_{name}" in last_eval}
+        result = RunResult(
+            run_dir=self.run.path, output_dir=self.output_dir,
+            status="early_stopped" if trainer.state.global_step < trainer.state.max_steps else "succeeded", steps=trainer.state.global_step,
+            train_loss=train_losses[-1] if train_losses else output.training_loss, eval_loss=last_eval.get("eval_loss"),
+            parameters=parameters, seconds=round(time.perf_counter() - self.started, 1),
+            tokens_per_second=round(sum(speeds) / len(speeds), 1) if speeds else None,
+            scores={**evaluated, **{name: value for name, value in (scores or {}).items() if value is not None}},
+            labels=list(labels), warnings=self.warnings, samples=list(samples),
+        )
+        self.run.write_info(status=result.status, finished_at=int(time.time()), output=str(result.output_dir), warnings=self.warnings,
+                            result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                                    "tokens_per_second": result.tokens_per_second, **result.scores, "seconds": result.seconds},
+                            **facts)
+        write_model_card(self.run, self.config, self.run.info)
+        return result
