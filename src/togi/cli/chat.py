@@ -32,7 +32,8 @@ def chat_command(
     togi chat runs/my-run
     togi chat runs/my-run/export/gguf/model-q8_0.gguf -p "返品はできますか？"
     """
-    from togi.serve.chat_model import ChatSettings, load_chat_model
+    from togi.export.chat import load_chat_model
+    from togi.models.chat_model import ChatSettings
 
     quiet_libraries()
     warnings.filterwarnings("ignore")  # a conversation on screen: no library warnings between the answers

@@ -13,7 +13,7 @@ JUDGE_KEY_VARIABLES = ("TOGI_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 def local_chat_model(reference: str, *, role: str) -> Any:
     """A ``ChatModel`` (it streams, completes and samples) for a run, a model or a GGUF file."""
-    from togi.serve.chat_model import load_chat_model
+    from togi.export.chat import load_chat_model
 
     with errors.status(f"loading {role} {reference} ..."):
         return load_chat_model(reference, prefer_llama_cpp=True)
