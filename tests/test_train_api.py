@@ -145,3 +145,21 @@ def test_resuming_a_stage_with_changed_data_is_refused(tmp_path, tiny_model_dir)
     write_jsonl(data, preference_pairs(9))
     with pytest.raises(TrainingFailed, match="changed since this run started"):
         togi.train(togi.Run.open(result.run_dir).config, resume_dir=result.run_dir, log=lambda message: None)
+
+
+@pytest.mark.parametrize("kind", [[], ["stage=dpo"], ["task=classification", "method=full"]], ids=["sft", "dpo", "classification"])
+def test_every_recipe_is_checked_against_this_machine_before_anything_loads(tmp_path, kind):
+    """`togi.train` checks the machine once, for every recipe: the model and data named here do not exist, and
+    nothing gets as far as looking for them."""
+    import importlib.util
+
+    from togi.config import ConfigError
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: report_to wandb runs")
+    config = load_config(None, ["model=no/such-model", f"data.train_file={tmp_path / 'absent.jsonl'}", f"output_dir={tmp_path / 'run'}",
+                                "monitoring.report_to=wandb", *kind])
+    with pytest.raises(ConfigError) as refused:
+        togi.train(config, log=lambda message: None)
+    assert [issue.path for issue in refused.value.issues] == ["monitoring.report_to"] and "pip install wandb" in str(refused.value)
+    assert not (tmp_path / "run").exists()

@@ -68,7 +68,13 @@ def train(
 
     ``resume_dir`` continues a run from its last checkpoint, with the same data order and random state as if
     it had never stopped (a classifier saves no checkpoints to continue from); ``callbacks`` are more
-    transformers ``TrainerCallback``s to run beside togi's own; ``console``, a rich console, shows a progress bar."""
+    transformers ``TrainerCallback``s to run beside togi's own; ``console``, a rich console, shows a progress bar.
+
+    Before any model loads, the recipe is checked against this machine (``runnable.py``): a recipe reads the same
+    everywhere, but only a machine with what it asks for (a CUDA GPU for QLoRA, the reporting package) can train it."""
+    from togi.train.runnable import check_runnable
+
+    check_runnable(config)
     if config.task == "classification":
         from togi.train.classification import train_classifier as recipe
     elif config.stage != "sft":

@@ -26,7 +26,6 @@ from togi.train import RunResult
 from togi.train.classification_data import load_classification_data, save_split, tokenize_labelled
 from togi.train.classifier import HeadOnFeatures, apply_classifier_method, head_features, load_classifier
 from togi.train.methods import count_parameters
-from togi.train.runnable import check_runnable
 from togi.train.session import TrainingSession
 
 FEATURE_BATCH = 32  # examples per pass when a frozen model computes the head's features
@@ -68,7 +67,6 @@ def train_classifier(config: TrainConfig, *, resume_dir: Path | str | None = Non
     A classification run saves no checkpoints to continue from: ``resume_dir`` is refused."""
     from transformers import DataCollatorWithPadding, Trainer, default_data_collator, set_seed
 
-    check_runnable(config)
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks, resumable=False)
     run, plan, warn = session.run, session.plan, session.warn
     source = resolve_model(config.model, log)

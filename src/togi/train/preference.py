@@ -35,7 +35,6 @@ from togi.runs import Run
 from togi.train import RunResult
 from togi.train.callbacks import MetricsRecorder
 from togi.train.methods import apply_method, count_parameters, lora_config
-from togi.train.runnable import check_runnable
 from togi.train.session import TrainingSession
 
 
@@ -131,7 +130,6 @@ def train_stage(config: TrainConfig, *, resume_dir: Path | str | None = None, co
     import peft
     from transformers import AutoModelForSequenceClassification, set_seed
 
-    check_runnable(config)
     stage = config.stage
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
     run, plan = session.run, session.plan

@@ -26,7 +26,6 @@ from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import apply_method, check_method_fits, count_parameters
-from togi.train.runnable import check_runnable
 from togi.train.samples import sample_generations, save_samples
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
 from togi.train.session import TrainingSession
@@ -45,7 +44,6 @@ def train_sft(
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    check_runnable(config)
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
     run, plan, warn = session.run, session.plan, session.warn
     source = resolve_model(config.model, log)
