@@ -28,7 +28,7 @@ NOT_USER_ERRORS = {
 # Classes whose constructor derives the hint when none is passed.
 DERIVED_HINTS = {
     "togi.config.ConfigError": "each issue carries its hint",
-    "togi.train.TrainingFailed": "names the run directory that keeps what was saved",
+    "togi.train.result.TrainingFailed": "names the run directory that keeps what was saved",
 }
 
 

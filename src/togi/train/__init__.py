@@ -5,55 +5,22 @@
 - otherwise supervised fine-tuning (``sft.py``).
 
 What every recipe does around its trainer (the run directory, resuming, togi's callbacks beside the user's,
-out-of-memory and NaN-loss failures, the result) is written once, in ``session.py``. Methods (full, freeze,
-LoRA, DoRA, QLoRA, prompt and prefix tuning) are in ``methods.py``.
+out-of-memory and NaN-loss failures, the result) is written once, in ``session.py``. The result type and the
+failure every recipe may raise are in ``result.py``: the recipes import them from there, not from this module,
+which imports the recipes. Methods (full, freeze, LoRA, DoRA, QLoRA, prompt and prefix tuning) are in ``methods.py``.
 
 This module imports no training library, so that ``import togi`` stays fast: a recipe loads when it runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from togi.errors import TogiError
+from togi.train.result import RunResult, TrainingFailed
 
 if TYPE_CHECKING:
     from togi.config import TrainConfig
-    from togi.train.methods import ParameterCount
-    from togi.train.samples import Sample
-
-
-class TrainingFailed(TogiError):
-    """The run stopped for a reason the user can act on; ``run_dir`` keeps what was saved."""
-
-    work_failed = True
-
-    def __init__(self, message: str, run_dir: Path, hint: str | None = None) -> None:
-        super().__init__(message, hint if hint is not None else f"what was saved is in {run_dir}")
-        self.run_dir = run_dir
-
-
-@dataclass
-class RunResult:
-    """What every recipe returns: where the run is, how it ended, and its final numbers."""
-
-    run_dir: Path
-    output_dir: Path  # the trained adapter/ or model/ inside run_dir
-    status: str  # "succeeded", or "early_stopped"
-    steps: int
-    train_loss: float | None
-    eval_loss: float | None
-    parameters: ParameterCount
-    seconds: float  # wall time of the whole run, loading included
-    tokens_per_second: float | None = None
-    # The last evaluation's task scores by name: monitoring.eval_metric's for a chat model; accuracy and
-    # macro_f1 for a classifier, beside majority_baseline, the accuracy of always answering the commonest label.
-    scores: dict[str, float] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)  # a classifier's labels, in the order of its outputs
-    warnings: list[str] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)  # base and tuned answers to held-out prompts (monitoring.samples)
 
 
 def train(

@@ -22,7 +22,7 @@ from togi.data.labels import accuracy_and_macro_f1
 from togi.models.device import DevicePlan
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
-from togi.train import RunResult
+from togi.train.result import RunResult
 from togi.train.classification_data import load_classification_data, save_split, tokenize_labelled
 from togi.train.classifier import HeadOnFeatures, apply_classifier_method, head_features, load_classifier
 from togi.train.methods import count_parameters

@@ -32,7 +32,7 @@ from togi.models.device import DevicePlan
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
-from togi.train import RunResult
+from togi.train.result import RunResult
 from togi.train.callbacks import MetricsRecorder
 from togi.train.methods import apply_method, count_parameters, lora_config
 from togi.train.session import TrainingSession

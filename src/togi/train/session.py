@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from togi.config import TrainConfig
 from togi.models.device import DevicePlan, plan_device
 from togi.runs import Run, checkpoint_step
-from togi.train import RunResult, TrainingFailed
+from togi.train.result import RunResult, TrainingFailed
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.methods import ParameterCount
 from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card

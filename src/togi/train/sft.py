@@ -20,7 +20,7 @@ from togi.models.device import DevicePlan
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
-from togi.train import RunResult
+from togi.train.result import RunResult
 from togi.train.attention import per_example_attention
 from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.library_adapters import TrainSamplerHook
