@@ -260,13 +260,16 @@ def test_a_tokenizer_without_a_chat_template_trains_with_the_recorded_fallback(t
     assert "<|im_start|>assistant" in (result.output_dir / "chat_template.jinja").read_text()  # exported with the adapter
 
 
-def test_a_run_directory_as_the_base_model_is_named_with_the_way_to_its_weights(tmp_path, tiny_model_dir, train_file):
-    from togi.models.resolve import ModelNotFound, resolve_model
+def test_a_run_directory_as_the_base_model_is_named_with_the_way_to_its_weights(tmp_path, tiny_model_dir, train_file, cli):
+    from togi.runs import RunDirectoryError
 
     config = load_config(None, [f"model={tiny_model_dir}", f"data.train_file={train_file}", f"output_dir={tmp_path / 'run'}",
                                 "training.max_steps=1", "monitoring.samples=0"])
     run_dir = train(config).run_dir
-    with pytest.raises(ModelNotFound) as raised:
-        resolve_model(str(run_dir))
+    with pytest.raises(RunDirectoryError) as raised:
+        train(config.model_copy(update={"model": str(run_dir), "output_dir": tmp_path / "second"}))
     assert "is a togi run directory, not a model" in str(raised.value)
     assert f"togi export {run_dir} --to merged" in raised.value.hint
+    assert not (tmp_path / "second").exists()
+    checked = cli("data", "check", train_file, "--model", run_dir)
+    assert checked.exit_code == 2 and f"{run_dir} is a togi run directory, not a model" in checked.stderr

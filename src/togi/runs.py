@@ -41,6 +41,19 @@ class RunDirectoryError(TogiError):
     """A directory that is not a run, or a run that does not hold what was asked of it."""
 
 
+def refuse_run_as_model(reference: str | Path | None) -> None:
+    """Raise RunDirectoryError when ``reference``, given where a base model is expected (a recipe's model, --model),
+    is a run directory: a run holds a result to export, not a model that loads as it is. ``togi.models`` resolves
+    model references without knowing runs, so the layers that take a model from the user ask here first."""
+    if reference is None:
+        return
+    run = Run(Path(reference).expanduser())
+    if run.info_path.is_file() and run.config_path.is_file():
+        raise RunDirectoryError(f"{run.path} is a togi run directory, not a model",
+                                f"to train on from it, export its weights first: togi export {run.path} --to merged, then "
+                                f"--model {run.path / 'export' / 'merged'} (a full or freeze run's weights are in {run.model_dir})")
+
+
 def read_metrics(metrics_path: Path) -> list[dict[str, Any]]:
     """The records of a metrics JSONL file; a line cut off by a killed run is skipped."""
     if not metrics_path.is_file():

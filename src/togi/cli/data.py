@@ -24,6 +24,7 @@ from togi.data.validate import CheckOptions, check_dataset
 from togi.data.writer import NotConvertible, check_target, default_target, example_to_record, write_records
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.models.resolve import ModelNotFound, load_tokenizer
+from togi.runs import refuse_run_as_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,6 +55,7 @@ def _load(file: Path, format: str | None, encoding: str, input_column: str, outp
 
 def _tokenizer(model: str | None, required: bool) -> tuple[PreTrainedTokenizerBase | None, Finding | None]:
     """The tokenizer of ``model``; without an explicit model a missing embedded model is a note, not a failure."""
+    refuse_run_as_model(model)
     try:
         with errors.status(f"loading the tokenizer of {model or EMBEDDED_MODEL_NAME} ..."):
             return load_tokenizer(model, log=lambda message: errors.print(message)), None

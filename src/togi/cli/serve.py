@@ -24,6 +24,7 @@ jobs_app = typer.Typer(help="Drive an OpenAI-compatible fine-tuning API (OpenAI 
 
 def _base_models(entries: list[str]) -> dict[str, str]:
     from togi.models.embedded import EMBEDDED_MODEL_NAME
+    from togi.runs import refuse_run_as_model
 
     models = {EMBEDDED_MODEL_NAME: EMBEDDED_MODEL_NAME}
     for entry in entries:
@@ -32,6 +33,7 @@ def _base_models(entries: list[str]) -> dict[str, str]:
             raise fail(f"--model {entry!r} is not NAME=PATH", "for example: --model my-llama=/models/llama-3.2-1b")
         if not Path(path).is_dir():
             raise fail(f"--model {name}: {path} is not a model directory", "give a directory with config.json and the tokenizer")
+        refuse_run_as_model(path)
         models[name] = str(Path(path).resolve())
     return models
 

@@ -4,6 +4,10 @@ A model reference is one of: the embedded default's name (``smollm2-135m-instruc
 model is given), the embedded text encoder's name (``all-MiniLM-L6-v2``, the default for classification),
 a local Hugging Face directory, a ``.gguf`` file, or a hub id that is already in the
 local cache (nothing is downloaded unless the hub is reachable and allowed).
+
+A togi run directory is none of these, and this module does not know its layout (``togi.runs``, a layer up,
+does): where a user may give a run as a model, the layer that takes it asks ``togi.runs.refuse_run_as_model``
+first, which names the way to the run's weights.
 """
 
 from __future__ import annotations
@@ -55,13 +59,6 @@ def resolve_model(reference: str | None, log: Callable[[str], None] = lambda mes
             raise ModelNotFound(f"no GGUF file at {path}", "check the path")
         return ModelSource(reference, path.parent, path.name)
     if path.is_dir():
-        from togi.runs import Run  # the run directory's layout (a layer up): only to name the way to a run's weights
-
-        run = Run(path)
-        if run.info_path.is_file() and run.config_path.is_file():
-            raise ModelNotFound(f"{path} is a togi run directory, not a model",
-                                f"to train on from it, export its weights first: togi export {path} --to merged, then "
-                                f"--model {path / 'export' / 'merged'} (a full or freeze run's weights are in {run.model_dir})")
         if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
             raise ModelNotFound(f"{path} holds no tokenizer (tokenizer.json or tokenizer_config.json)",
                                 "point --model at a Hugging Face model directory saved with save_pretrained")

@@ -38,10 +38,13 @@ def train(
     transformers ``TrainerCallback``s to run beside togi's own; ``console``, a rich console, shows a progress bar.
 
     Before any model loads, the recipe is checked against this machine (``runnable.py``): a recipe reads the same
-    everywhere, but only a machine with what it asks for (a CUDA GPU for QLoRA, the reporting package) can train it."""
+    everywhere, but only a machine with what it asks for (a CUDA GPU for QLoRA, the reporting package) can train it.
+    A run directory given as the model is turned away then too, with the way to its weights."""
+    from togi.runs import refuse_run_as_model
     from togi.train.runnable import check_runnable
 
     check_runnable(config)
+    refuse_run_as_model(config.model)
     if config.task == "classification":
         from togi.train.classification import train_classifier as recipe
     elif config.stage != "sft":
