@@ -61,8 +61,6 @@ METHODS: dict[str, MethodTraits] = {
     )
 }
 PREFERENCE_STAGES: tuple[str, ...] = PreferenceStage.__args__
-ADAPTER_METHODS = tuple(name for name, trait in METHODS.items() if trait.adapter)
-LORA_METHODS = tuple(name for name, trait in METHODS.items() if trait.lora)
 
 
 def methods_where(**traits: bool) -> tuple[str, ...]:

@@ -32,8 +32,6 @@ from togi.errors import TogiError
 if TYPE_CHECKING:
     from togi.config import TrainConfig
 
-FULL_MODEL_METHODS = ("full", "freeze")  # these write model/; every other method writes adapter/
-MERGEABLE_METHODS = ("lora", "dora", "qlora")  # adapters that fold into the weights
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -141,9 +139,9 @@ class Run:
     def model_dir(self) -> Path:
         return self.path / "model"
 
-    def output_dir_for(self, method: str) -> Path:
-        """Where a run of ``method`` saves what it trained."""
-        return self.model_dir if method in FULL_MODEL_METHODS else self.adapter_dir
+    def output_dir_for(self, config: TrainConfig) -> Path:
+        """Where a run of ``config`` saves what it trained: adapter/ for a method that trains an adapter, else model/."""
+        return self.adapter_dir if config.traits.adapter else self.model_dir
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -176,7 +174,7 @@ class Run:
     @property
     def output_dir(self) -> Path:
         """What the run trained: adapter/ or model/, as its method says. Raises when the run has not saved it."""
-        output = self.output_dir_for(self.config.method)
+        output = self.output_dir_for(self.config)
         if not output.is_dir():
             raise RunDirectoryError(f"{self.path} has no trained {output.name}/ yet (status: {self.info.get('status', 'unknown')})",
                                     "wait for the run to finish, or train again")
@@ -199,7 +197,7 @@ class Run:
         config, output = self.config, self.output_dir
         is_adapter = output == self.adapter_dir
         merge = merge or (is_adapter and self.scores_texts)
-        if merge and is_adapter and config.method not in MERGEABLE_METHODS:
+        if merge and is_adapter and not config.traits.lora:  # only low-rank updates fold into the weights
             raise RunDirectoryError(f"{config.method} adapters cannot be merged into the weights",
                                     f"use the adapter as it is: togi export {self.path} --to adapter")
         plan = plan_device(precision)

@@ -56,7 +56,7 @@ tags:
 # {repo_id.split('/')[-1]}
 
 Fine-tuned with [togi](https://pypi.org/project/togi/) {info.get('versions', {}).get('togi', '')} from
-**{base_model_id(config.model)}** by **{config.method}** ({'the adapter alone' if kind == 'adapter' else 'the adapter merged into the weights' if config.method not in ('full', 'freeze') else 'full weights'}).
+**{base_model_id(config.model)}** by **{config.method}** ({'the adapter alone' if kind == 'adapter' else 'the adapter merged into the weights' if config.traits.adapter else 'full weights'}).
 
 | | |
 |---|---|

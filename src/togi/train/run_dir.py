@@ -42,7 +42,7 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def write_model_card(run: Run, config: TrainConfig, info: dict[str, Any]) -> None:
     result = info.get("result", {})
-    output = run.output_dir_for(config.method)
+    output = run.output_dir_for(config)
     if config.task == "classification":
         auto_class, arguments = "ForSequenceClassification", f", num_labels={len(info.get('labels', []))}"
         trained = (f"A new classification head ({', '.join(info.get('head', []))}) over the labels {', '.join(info.get('labels', []))}"

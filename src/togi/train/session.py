@@ -79,7 +79,7 @@ class TrainingSession:
 
     @property
     def output_dir(self) -> Path:
-        return self.run.output_dir_for(self.config.method)
+        return self.run.output_dir_for(self.config)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
