@@ -88,7 +88,7 @@ def prefs_command(
 
     try:
         with _progress("sampling and judging", len(rows)) as advance:
-            summary = generate_preference_pairs(rows, sample, judge, out, options, progress=advance)
+            summary = generate_preference_pairs(rows, sample, judge.complete, out, options, progress=advance)
     except ChatClientError as error:  # what this command leaves behind belongs in the hint; main.py reports it
         raise ChatClientError(error.message, f"{error.hint}; the pairs written so far stay in {out}: run the same command again to continue") from None
     if summary.dropped_partial_line:
