@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import pytest
 import torch
 
 from conftest import build_tiny_model
