@@ -115,3 +115,13 @@ def test_a_reader_that_stops_reading_stops_the_generation(tiny_model_dir):
     assert not worker.is_alive()
     left = [events.get_nowait() for _ in range(events.qsize())]
     assert left[-1] == (None, "stop") and len(left) < limit / 2
+
+
+def test_an_answer_closed_early_leaves_no_generation_running(tiny_model_dir):
+    """`togi chat` exits right after its answer: a generate() thread still inside torch when the interpreter exits
+    aborts the process ("terminate called without an active exception"), so ChatModel waits for it to stop."""
+    chat_model = load_chat_model(str(tiny_model_dir), prefer_llama_cpp=False)
+    pieces = chat_model.stream([{"role": "user", "content": QUESTION}], ChatSettings(max_new_tokens=5000, temperature=0.0))
+    assert isinstance(next(pieces), str)
+    pieces.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == "togi-generate-one"]

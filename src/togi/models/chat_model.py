@@ -58,11 +58,17 @@ class ChatModel:
         events: queue.Queue[Event] = queue.Queue()
         cancelled = threading.Event()
         torch.manual_seed(settings.seed)
-        generate_on_thread(self._model, prompt_ids, lambda token, reason: events.put((token, reason)), cancelled,
-                           max_new_tokens=settings.max_new_tokens, stop_ids=stops, pad_id=pad_id, sampling=sampling)
-        for item in read_answer(Answer(tokenizer, None, len(prompt_ids)), events.get, cancelled.set):
-            if isinstance(item, str):
-                yield item
+        worker = generate_on_thread(self._model, prompt_ids, lambda token, reason: events.put((token, reason)), cancelled,
+                                    max_new_tokens=settings.max_new_tokens, stop_ids=stops, pad_id=pad_id, sampling=sampling)
+        try:
+            for item in read_answer(Answer(tokenizer, None, len(prompt_ids)), events.get, cancelled.set):
+                if isinstance(item, str):
+                    yield item
+        finally:
+            # An answer can end (a stop string) or be closed before generate returns. Wait for it, cancelled, to stop after
+            # its current token: a thread left inside torch when the interpreter exits aborts the process (`togi chat`).
+            cancelled.set()
+            worker.join()
 
     def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0, max_tokens: int = 256) -> str:
         """The whole answer at once: this makes a local model a ``ChatClient`` (a judge, an augmenter)."""
