@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import togi
-from conftest import BROKEN, write_jsonl
+from conftest import BROKEN, distinct_chats, write_jsonl
 from togi.cli.main import BUG_NOTE, app
 from togi.errors import TogiError
 
@@ -177,3 +177,11 @@ def test_an_error_that_is_not_a_togi_error_is_shown_as_a_bug(monkeypatch, tmp_pa
     result = CliRunner().invoke(app, ["data", "check", str(path)])
     assert isinstance(result.exception, KeyError) and result.exit_code == 1
     assert BUG_NOTE in result.stderr and "hint:" not in result.stderr
+
+
+def test_a_command_that_ends_with_its_own_exit_code_is_not_called_a_bug(tmp_path):
+    """`togi data check` ends through typer.Exit (0 when clean, 1 with errors): an exit code, not an exception to report."""
+    clean = write_jsonl(tmp_path / "clean.jsonl", distinct_chats(20))
+    for path, code in ((clean, 0), (BROKEN / "openai_rules.jsonl", 1)):
+        result = CliRunner().invoke(app, ["data", "check", str(path)])
+        assert result.exit_code == code and BUG_NOTE not in result.stderr, result.stderr

@@ -54,8 +54,8 @@ class TogiGroup(TyperGroup):
             return super().invoke(ctx)
         except TogiError as error:
             raise report(error) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, EOFError):
-            raise  # click's own way out: an exit code, a usage error, Ctrl-C or the end of input
+        except (click.exceptions.Exit, typer.Exit, click.ClickException, click.exceptions.Abort, typer.Abort, EOFError):
+            raise  # click's and typer's own ways out (typer's are not click's): an exit code, a usage error, Ctrl-C, end of input
         except Exception:
             errors.print(styled((BUG_NOTE, "bold red")), soft_wrap=True)
             raise
