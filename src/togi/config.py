@@ -30,7 +30,6 @@ from togi.models.encoder import ENCODER_MODEL_NAME
 
 Method = Literal["full", "freeze", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning"]
 Stage = Literal["sft", "dpo", "orpo", "kto", "reward", "rlhf"]
-PreferenceStage = Literal["dpo", "orpo", "kto", "reward", "rlhf"]
 Task = Literal["chat", "classification"]
 LORA_PRESETS = ("minimal", "standard", "full")
 
@@ -60,7 +59,6 @@ METHODS: dict[str, MethodTraits] = {
         MethodTraits("prefix_tuning", adapter=True, lora=False, virtual_tokens=True, needs_cuda=False, preference=False, classification=False),
     )
 }
-PREFERENCE_STAGES: tuple[str, ...] = PreferenceStage.__args__
 
 
 def methods_where(**traits: bool) -> tuple[str, ...]:

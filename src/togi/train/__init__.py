@@ -40,14 +40,16 @@ def train(
     Before any model loads, the recipe is checked against this machine (``runnable.py``): a recipe reads the same
     everywhere, but only a machine with what it asks for (a CUDA GPU for QLoRA, the reporting package) can train it.
     A run directory given as the model is turned away then too, with the way to its weights."""
+    from togi.config import recipe_kind
     from togi.runs import refuse_run_as_model
     from togi.train.runnable import check_runnable
 
     check_runnable(config)
     refuse_run_as_model(config.model)
-    if config.task == "classification":
+    kind = recipe_kind(config)  # the kind load_config validated the recipe as
+    if kind == "classification":
         from togi.train.classification import train_classifier as recipe
-    elif config.stage != "sft":
+    elif kind == "preference":
         from togi.train.preference import train_stage as recipe
     else:
         from togi.train.sft import train_sft as recipe
