@@ -56,17 +56,21 @@ def encode(tokenizer, row: dict, weight: float) -> tuple[list[int], list[float],
     return encoded["input_ids"], weights, label
 
 
+def seeded_base_model() -> tuple[random.Random, AutoModelForCausalLM, AutoTokenizer]:
+    """The run's random generator and the seeded global state, SmolLM2-135M-Instruct in fp32, its tokenizer."""
+    torch.manual_seed(0)
+    path = ensure_embedded_model()
+    return random.Random(0), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weight", type=float, default=20.0)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    path = ensure_embedded_model()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), peft.LoraConfig(
+    rng, base, tokenizer = seeded_base_model()
+    model = peft.get_peft_model(base, peft.LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     backbone, head = model.base_model.model.model, model.base_model.model.lm_head
