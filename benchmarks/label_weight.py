@@ -24,7 +24,7 @@ from pathlib import Path
 
 import peft
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from togi.models.embedded import ensure_embedded_model
 
@@ -56,7 +56,7 @@ def encode(tokenizer, row: dict, weight: float) -> tuple[list[int], list[float],
     return encoded["input_ids"], weights, label
 
 
-def seeded_base_model() -> tuple[random.Random, AutoModelForCausalLM, AutoTokenizer]:
+def seeded_base_model() -> tuple[random.Random, PreTrainedModel, PreTrainedTokenizerBase]:
     """The run's random generator and the seeded global state, SmolLM2-135M-Instruct in fp32, its tokenizer."""
     torch.manual_seed(0)
     path = ensure_embedded_model()
