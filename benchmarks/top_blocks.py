@@ -42,6 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     rng, base, tokenizer = seeded_base_model()
     base.requires_grad_(False)
+    if not 1 <= args.last_blocks <= base.config.num_hidden_layers:
+        parser.error(f"--last-blocks {args.last_blocks}: the model has {base.config.num_hidden_layers} blocks; use 1 to {base.config.num_hidden_layers}")
     first_trained = base.config.num_hidden_layers - args.last_blocks
     train = [encode(tokenizer, row, args.weight) for row in read("train")]
     validation = read("val")
