@@ -86,6 +86,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "short_reason": chat("short"),
     "label_only": chat("label"),
     "reason_first": chat("reason_first", monitoring={"eval_max_new_tokens": 128}),
+    # the label's tokens weighted 20x in the loss (data.label_loss_weight), at the demo's budget and over three epochs
+    "label_weight": chat(data={"label_loss_weight": 20}),
+    "label_weight_3_epochs": chat(data={"label_loss_weight": 20}, training={"max_steps": 96}),
     # the same task as a classifier: a new head reads one vector per review
     "cls_smollm2_lora": classifier("smollm2-135m-instruct", "lora", epochs=4, learning_rate=5e-4),
     "cls_smollm2_full": classifier("smollm2-135m-instruct", "full", epochs=4, learning_rate=5e-5),

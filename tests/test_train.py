@@ -171,7 +171,7 @@ def test_the_run_directory_describes_the_run(tmp_path, tiny_model_dir, train_fil
 def test_loss_falls_only_on_trained_positions_including_weight_zero(tokenizer):
     messages = [Message("user", "返品できますか？"), Message("assistant", "確認します。", weight=0),
                 Message("user", "送料は？"), Message("assistant", "当社が負担します。")]
-    rows = tokenize_examples([ChatExample(messages=messages, source=Source("-", 1, 0))], tokenizer, max_length=512)
+    rows = tokenize_examples([ChatExample(messages=messages, source=Source("-", 1, 0))], tokenizer, max_length=512).dataset
     labels = rows[0]["labels"]
     sequence = tokenize_chat(tokenizer, messages)
     answer_start = sequence.text.index("当社が負担します。")

@@ -121,6 +121,8 @@ class DataSettings(_Section):
     group_by_length: bool = True
     balance_labels: bool = Field(False, description="batches draw the labels in turn (read with monitoring.label_pattern), so "
                                                     "every batch holds them in equal shares; replaces group_by_length")
+    label_loss_weight: float = Field(1.0, ge=1, le=1000, description="the training loss on the label's tokens in each answer (read "
+                                     "with monitoring.label_pattern, its first group) counts this many times; 1: every answer token alike")
 
     @field_validator("format")
     @classmethod
@@ -257,6 +259,14 @@ class TrainConfig(_Section):
         if self.data.balance_labels and monitoring.label_pattern is None:
             raise RecipeRuleError("data.balance_labels", "needs monitoring.label_pattern to read each training example's label",
                                   "for example monitoring.label_pattern: 'ラベル: (\\S+)'")
+        if self.data.label_loss_weight != 1:
+            if monitoring.label_pattern is None:
+                raise RecipeRuleError("data.label_loss_weight", "needs monitoring.label_pattern to find the label's tokens in each answer",
+                                      "for example monitoring.label_pattern: 'ラベル: (\\S+)'")
+            if not isinstance(self, ChatConfig) or self.traits.virtual_tokens:
+                raise RecipeRuleError("data.label_loss_weight", f"weights the next-token loss of supervised fine-tuning, not {self.task} "
+                                      f"{self.stage} training with method {self.method}", "drop it, or train with stage sft and a method "
+                                      "that changes the model's weights (lora, dora, full, freeze, ...)")
         if monitoring.watches_the_task and not isinstance(self, ChatConfig):
             raise RecipeRuleError("monitoring.eval_metric", f"scores generated answers, which {self.task} {self.stage} training does not give",
                                   "drop eval_metric (a classifier reports accuracy and macro-F1 at each evaluation already)")

@@ -6,6 +6,7 @@ what the trainer optimises: -100 (no loss) on every token outside a trained assi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +16,11 @@ from togi.data.examples import ChatExample, Dataset, ExampleKind
 from togi.data.findings import Finding, Severity
 from togi.data.formats import LoadOptions, load_dataset
 from togi.data.split import split_indices
-from togi.data.template import tokenize_chat
+from togi.data.template import RenderedText, tokenize_rendered, trained_char_spans
 from togi.data.validate import CheckOptions, check_dataset
 from togi.data.writer import example_to_record, write_records
 from togi.errors import TogiError
+from togi.train.label_weights import LABEL_WEIGHTS, label_token_weights
 
 if TYPE_CHECKING:
     import datasets
@@ -88,16 +90,33 @@ def tokenize_examples(
     *,
     max_length: int,
     train_on_prompt: bool = False,
-) -> datasets.Dataset:
-    """A ``datasets.Dataset`` with ``input_ids`` and ``labels``.
+    label_pattern: re.Pattern[str] | None = None,
+    label_loss_weight: float = 1.0,
+) -> TokenizedExamples:
+    """``input_ids`` and ``labels`` per example, and ``label_weights`` when ``label_loss_weight`` is not 1 (the label
+    that ``label_pattern`` reads in the final answer weighs that much in the loss; see ``label_weights.py``).
     Examples left with no trained token after truncation are dropped: they would add no signal."""
     import datasets
 
-    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    weighted = label_loss_weight != 1 and label_pattern is not None
+    rows: dict[str, list] = {"input_ids": [], "labels": []} | ({LABEL_WEIGHTS: []} if weighted else {})
+    without_label = 0
     for example in examples:
-        sequence = tokenize_chat(tokenizer, example.messages, example.tools, train_on_prompt=train_on_prompt, max_length=max_length)
+        text, spans = trained_char_spans(tokenizer, example.messages, example.tools)
+        sequence = tokenize_rendered(tokenizer, [RenderedText(text, spans)], train_on_prompt=train_on_prompt, max_length=max_length)[0]
         if sequence.n_trained == 0:
             continue
         rows["input_ids"].append(sequence.input_ids)
         rows["labels"].append([token if trained else IGNORE_INDEX for token, trained in zip(sequence.input_ids, sequence.trained)])
-    return datasets.Dataset.from_dict(rows)
+        if weighted:
+            assert label_pattern is not None
+            weights = label_token_weights(sequence, spans[-1], label_pattern, label_loss_weight) if spans else None
+            without_label += weights is None
+            rows[LABEL_WEIGHTS].append(weights if weights is not None else [1.0] * sequence.n_tokens)
+    return TokenizedExamples(datasets.Dataset.from_dict(rows), without_label=without_label)
+
+
+@dataclass
+class TokenizedExamples:
+    dataset: datasets.Dataset
+    without_label: int  # examples whose final answer holds no label for data.label_loss_weight to weigh

@@ -28,11 +28,13 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, and the number of rows whose
-    target is the top prediction. The gradients are computed in the forward, chunk by chunk."""
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` (each row's term times its entry of
+    ``row_weights`` when given), and the number of rows whose target is the top prediction. The gradients are
+    computed in the forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -40,15 +42,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
         for start in range(0, hidden.shape[0], rows):
             chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
+            chunk_weights = None if row_weights is None else row_weights[start : start + rows].float().unsqueeze(1)
             logits = (chunk @ weight.t()).float()
             correct += (logits.argmax(dim=-1) == chunk_targets).sum()
             log_normalizer = torch.logsumexp(logits, dim=-1)
-            total += (log_normalizer - logits.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)).sum()
+            losses = log_normalizer - logits.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)
+            total += (losses if chunk_weights is None else losses * chunk_weights.squeeze(1)).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
             # d(loss) / d(logits) = softmax(logits) - one_hot(target), formed in place of the logits
             grad_logits = logits.sub_(log_normalizer.unsqueeze(1)).exp_()
             grad_logits[torch.arange(len(chunk_targets), device=logits.device), chunk_targets] -= 1
+            if chunk_weights is not None:
+                grad_logits.mul_(chunk_weights)
             grad_logits = grad_logits.to(chunk.dtype)
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = grad_logits @ weight.to(chunk.dtype)
@@ -65,6 +71,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         return (
             grad_hidden * grad_total.to(grad_hidden.dtype) if grad_hidden is not None else None,
             (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
+            None,
             None,
         )
 
@@ -95,16 +102,20 @@ def supports_compact_loss(model: nn.Module) -> bool:
             and not getattr(config, "output_router_logits", False))
 
 
-def compact_lm_loss(model: nn.Module, inputs: dict[str, Any], num_items_in_batch: int | torch.Tensor | None = None) -> LossParts:
+def compact_lm_loss(model: nn.Module, inputs: dict[str, Any], num_items_in_batch: int | torch.Tensor | None = None,
+                    label_weights: torch.Tensor | None = None) -> LossParts:
     """Next-token cross-entropy over the labelled positions, equal to the model's own loss: summed, then divided
-    by ``num_items_in_batch`` (the labelled tokens of all accumulated micro-batches) or by this batch's count."""
+    by ``num_items_in_batch`` (the labelled tokens of all accumulated micro-batches) or by this batch's count.
+    ``label_weights`` (the shape of the labels) multiply each position's term (``data.label_loss_weight``); the
+    divisor stays the count of labelled positions."""
     causal_lm = unwrapped_causal_lm(model)
     backbone_inputs = {key: value for key, value in inputs.items() if key != "labels"}
     hidden = causal_lm.get_decoder()(**backbone_inputs, use_cache=False).last_hidden_state
     next_labels = inputs["labels"][:, 1:]
     labelled = next_labels != IGNORE_INDEX
     head = causal_lm.get_output_embeddings()
-    total, correct = LinearCrossEntropy.apply(hidden[:, :-1][labelled], head.weight, next_labels[labelled])
+    row_weights = None if label_weights is None else label_weights[:, 1:][labelled]
+    total, correct = LinearCrossEntropy.apply(hidden[:, :-1][labelled], head.weight, next_labels[labelled], row_weights)
     count = int(labelled.sum())
     divisor = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
     return LossParts(loss=total / torch.as_tensor(divisor, device=total.device).clamp(min=1), labelled=count, correct=int(correct))

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from togi.config import TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
+from togi.errors import TogiError
 from togi.models.device import DevicePlan
 from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
@@ -23,6 +24,7 @@ from togi.runs import Run
 from togi.train.result import RunResult
 from togi.train.attention import per_example_attention
 from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
 from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 from togi.train.methods import apply_method, check_method_fits, count_parameters
@@ -63,8 +65,20 @@ def train_sft(
     save_split(data.train, run.split_path("train"))
     if data.val:
         save_split(data.val, run.split_path("val"))
-    train_set = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt)
-    val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt) if data.val else None
+    label_pattern = compile_label_pattern(config.monitoring.label_pattern)
+    tokenized = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt,
+                                  label_pattern=label_pattern, label_loss_weight=config.data.label_loss_weight)
+    train_set = tokenized.dataset
+    if config.data.label_loss_weight != 1:
+        found = len(train_set) - tokenized.without_label
+        log(f"the label's tokens weigh {config.data.label_loss_weight:g}x in the training loss (data.label_loss_weight; the eval loss "
+            f"is unweighted): found in {found} of {len(train_set)} training answers")
+        if tokenized.without_label:
+            warn(f"data.label_loss_weight: monitoring.label_pattern reads no label in {tokenized.without_label} of {len(train_set)} "
+                 "training answers; their tokens weigh 1")
+    # The validation loss stays the plain next-token loss, comparable across recipes.
+    val_set = tokenize_examples(data.val, tokenizer, max_length=config.data.max_length,
+                                train_on_prompt=config.data.train_on_prompt).dataset if data.val else None
 
     model = load_causal_lm(source, plan, quantize_4bit=config.traits.needs_cuda)
     set_seed(config.training.seed)  # adapter initialisation draws random numbers: the same seed, the same run
@@ -78,7 +92,7 @@ def train_sft(
     scorer = None
     if config.monitoring.watches_the_task:
         if data.val:
-            scorer = TaskScorer(data.val, tokenizer, config.monitoring.eval_metric, label_pattern=compile_label_pattern(config.monitoring.label_pattern),
+            scorer = TaskScorer(data.val, tokenizer, config.monitoring.eval_metric, label_pattern=label_pattern,
                                 limit=config.monitoring.eval_examples, max_new_tokens=config.monitoring.eval_max_new_tokens,
                                 batch_size=config.training.batch_size)
         else:
@@ -86,8 +100,7 @@ def train_sft(
 
     train_labels = None
     if config.data.balance_labels:
-        pattern = compile_label_pattern(config.monitoring.label_pattern)
-        train_labels = [label_of(example, pattern) for example in data.train]
+        train_labels = [label_of(example, label_pattern) for example in data.train]
         counts = Counter(label for label in train_labels if label is not None)
         log(f"batches balance the labels: {', '.join(f'{label} {count}' for label, count in sorted(counts.items()))}"
             + (f"; {train_labels.count(None)} examples without a label come last in each epoch" if None in train_labels else ""))
@@ -104,6 +117,8 @@ def train_sft(
         processing_class=tokenizer,
         callbacks=session.callbacks(has_val=val_set is not None),
     )
+    if config.data.label_loss_weight != 1:
+        trainer.data_collator = LabelWeightCollator(trainer.data_collator)
     on_cpu_padding_free = plan.device == "cpu" and trainer.args.padding_free
     output = session.train(trainer, around=per_example_attention(trainer.model) if on_cpu_padding_free else None)
 
@@ -165,9 +180,14 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
-            if return_outputs or not self._compact_loss_applies(model, inputs):
+            label_weights = inputs.pop(LABEL_WEIGHTS, None)  # data.label_loss_weight: only togi's own loss takes them
+            if return_outputs or not self._compact_loss_applies(model, inputs, weighted=label_weights is not None):
+                if label_weights is not None:
+                    raise TogiError("data.label_loss_weight is computed by togi's own loss, which this run cannot use (a loss_type, "
+                                    "label smoothing, a mixture-of-experts auxiliary loss, several processes, or a model whose logits "
+                                    "are scaled after the head)", "drop data.label_loss_weight for this run")
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            parts = compact_lm_loss(model, inputs, num_items_in_batch)
+            parts = compact_lm_loss(model, inputs, num_items_in_batch, label_weights=label_weights)
             metrics = self.compact_loss_metrics["train" if self.model.training else "eval"]
             metrics["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
             if self.model.training:
@@ -184,11 +204,12 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             self.compact_loss_metrics[mode].clear()
             super().log(logs, start_time)
 
-        def _compact_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
-            """On a CPU, for the plain next-token loss; everything else (CUDA, where TRL already projects only the
-            labelled positions; DFT loss, label smoothing, MoE auxiliary loss, prompt tuning) keeps TRL's path."""
+        def _compact_loss_applies(self, model: Any, inputs: dict[str, Any], *, weighted: bool = False) -> bool:
+            """On a CPU, for the plain next-token loss, and on any device when the loss is weighted per label token;
+            everything else (CUDA, where TRL already projects only the labelled positions; DFT loss, label smoothing,
+            MoE auxiliary loss, prompt tuning) keeps TRL's path."""
             args = self.args
-            return (args.device.type == "cpu" and args.loss_type == "nll" and self.label_smoother is None
+            return ((args.device.type == "cpu" or weighted) and args.loss_type == "nll" and self.label_smoother is None
                     and self.compute_loss_func is None and not self.aux_loss_enabled and args.world_size == 1
                     and "labels" in inputs and "shift_labels" not in inputs and supports_compact_loss(model))
 
@@ -237,4 +258,7 @@ def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: Device
         padding_free=(config.data.packing is True or (config.data.packing == "auto" and plan.device in ("cuda", "cpu"))) and not virtual_tokens,
         train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
         dataloader_num_workers=0,
+        # togi's tokenized datasets hold only what the batches need: input_ids, labels, and label_weights
+        # (data.label_loss_weight), which the Trainer would otherwise drop as a column the model does not take.
+        remove_unused_columns=False,
     )
