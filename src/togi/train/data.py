@@ -98,19 +98,17 @@ def tokenize_examples(
     Examples left with no trained token after truncation are dropped: they would add no signal."""
     import datasets
 
-    weighted = label_loss_weight != 1 and label_pattern is not None
-    rows: dict[str, list] = {"input_ids": [], "labels": []} | ({LABEL_WEIGHTS: []} if weighted else {})
+    weighed_by = label_pattern if label_loss_weight != 1 else None
+    rows: dict[str, list] = {"input_ids": [], "labels": []} | ({LABEL_WEIGHTS: []} if weighed_by else {})
     without_label = 0
-    for example in examples:
-        text, spans = trained_char_spans(tokenizer, example.messages, example.tools)
-        sequence = tokenize_rendered(tokenizer, [RenderedText(text, spans)], train_on_prompt=train_on_prompt, max_length=max_length)[0]
+    rendered = [RenderedText(*trained_char_spans(tokenizer, example.messages, example.tools)) for example in examples]
+    for item, sequence in zip(rendered, tokenize_rendered(tokenizer, rendered, train_on_prompt=train_on_prompt, max_length=max_length)):
         if sequence.n_trained == 0:
             continue
         rows["input_ids"].append(sequence.input_ids)
         rows["labels"].append([token if trained else IGNORE_INDEX for token, trained in zip(sequence.input_ids, sequence.trained)])
-        if weighted:
-            assert label_pattern is not None
-            weights = label_token_weights(sequence, spans[-1], label_pattern, label_loss_weight) if spans else None
+        if weighed_by:
+            weights = label_token_weights(sequence, item.spans[-1], weighed_by, label_loss_weight) if item.spans else None
             without_label += weights is None
             rows[LABEL_WEIGHTS].append(weights if weights is not None else [1.0] * sequence.n_tokens)
     return TokenizedExamples(datasets.Dataset.from_dict(rows), without_label=without_label)

@@ -42,19 +42,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
         for start in range(0, hidden.shape[0], rows):
             chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
-            chunk_weights = None if row_weights is None else row_weights[start : start + rows].float().unsqueeze(1)
+            chunk_weights = None if row_weights is None else row_weights[start : start + rows].float()
             logits = (chunk @ weight.t()).float()
             correct += (logits.argmax(dim=-1) == chunk_targets).sum()
             log_normalizer = torch.logsumexp(logits, dim=-1)
             losses = log_normalizer - logits.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)
-            total += (losses if chunk_weights is None else losses * chunk_weights.squeeze(1)).sum()
+            total += (losses if chunk_weights is None else losses * chunk_weights).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
             # d(loss) / d(logits) = softmax(logits) - one_hot(target), formed in place of the logits
             grad_logits = logits.sub_(log_normalizer.unsqueeze(1)).exp_()
             grad_logits[torch.arange(len(chunk_targets), device=logits.device), chunk_targets] -= 1
             if chunk_weights is not None:
-                grad_logits.mul_(chunk_weights)
+                grad_logits.mul_(chunk_weights.unsqueeze(1))
             grad_logits = grad_logits.to(chunk.dtype)
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = grad_logits @ weight.to(chunk.dtype)
