@@ -46,6 +46,9 @@ $(VENV)/.llama-installed: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(PIP) install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.16"
 	$(PIP) install -e ".[llama]"
+	# llama.cpp's HF-to-GGUF converter at the bindings' version, cached once under $$TOGI_HOME/llama.cpp/ (from
+	# the same package's source on PyPI), so exports and tests later need no network.
+	$(BIN)/python -m togi.export.llama_cpp_converter
 	touch $@
 
 setup: $(VENV)/.installed
