@@ -35,6 +35,9 @@ def export_command(
                                                        "q4_k_m, q5_k_m, q6_k (default: f16 for gguf, q8_0 for ollama).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/export/<to>).")] = None,
     verify: Annotated[bool, typer.Option(help="Load a GGUF back with transformers (and llama.cpp) and compare answers.")] = True,
+    gguf_writer: Annotated[str, typer.Option(help="gguf/ollama: auto, llama.cpp (llama.cpp's own converter, every architecture it "
+                                                  "supports) or togi (Llama-shaped and Qwen2 models, no llama.cpp needed). "
+                                                  "auto: llama.cpp's when its bindings are installed or the family is not togi's.")] = "auto",
     repo_id: Annotated[Optional[str], typer.Option(help="hub: the repository to upload to, e.g. my-org/my-model.")] = None,
     private: Annotated[bool, typer.Option(help="hub: create the repository as private.")] = False,
     upload: Annotated[str, typer.Option(help="hub: upload the merged model or the adapter alone.")] = "merged",
@@ -61,7 +64,7 @@ def export_command(
     quiet_libraries()
     destination = out or run_dir / "export" / to
     if to in ("gguf", "ollama"):
-        _export_gguf_or_ollama(run_dir, destination, to, quant or ("f16" if to == "gguf" else "q8_0"), verify)
+        _export_gguf_or_ollama(run_dir, destination, to, quant or ("f16" if to == "gguf" else "q8_0"), verify, gguf_writer)
     elif to == "onnx":
         _export_onnx(run_dir, destination)
     elif to == "hub":
@@ -74,19 +77,19 @@ def export_command(
         _say(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))")
 
 
-def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str, verify: bool) -> None:
+def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str, verify: bool, writer: str) -> None:
     if to == "gguf":
         from togi.export.gguf import export_gguf
 
-        result = export_gguf(run_dir, destination, quant, verify=verify)
-        _say(f"✓ exported GGUF ({quant}) to {result.path}")
+        result = export_gguf(run_dir, destination, quant, verify=verify, writer=writer)
+        _say(f"✓ exported GGUF ({quant}, written by {result.writer}) to {result.path}")
         _say(f"  template check: the chat template and stop token {result.training.end_of_turn!r} match training")
         _print_agreement(result.agreement, result.notes)
         return
     from togi.export.ollama import export_ollama
 
-    exported = export_ollama(run_dir, destination, quant, verify=verify)
-    _say(f"✓ exported GGUF ({quant}) and Modelfile to {destination}")
+    exported = export_ollama(run_dir, destination, quant, verify=verify, writer=writer)
+    _say(f"✓ exported GGUF ({quant}, written by {exported.gguf.writer}) and Modelfile to {destination}")
     _say(f"  template check: the Ollama TEMPLATE renders the training template's text on the check conversations; "
          f"stop at {', '.join(repr(stop) for stop in exported.stops)}")
     _say(f"  SYSTEM: {exported.system!r}" if exported.system else "  SYSTEM: none (the training examples' system prompts differ or are absent)")

@@ -43,13 +43,13 @@ def native_stderr_to(log: Path) -> Iterator[None]:
 
 
 def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> str | None:
-    """Quantise an F32/F16 GGUF to a K-quant type with llama.cpp's quantiser. Returns llama.cpp's note on
+    """Quantise an F32/F16 GGUF to a K-quant type (or Q4_0) with llama.cpp's quantiser. Returns llama.cpp's note on
     tensors it had to quantise another way (rows not a multiple of 256), if any."""
     if not available():
         raise ExportError(f"--quant {quant} needs llama.cpp; {INSTALL_HINT}", "or use --quant q8_0 or q4_0, which togi writes without it")
     import llama_cpp
 
-    file_types = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    file_types = {"q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
                   "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_types[quant]

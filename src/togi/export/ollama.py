@@ -85,8 +85,8 @@ def parse_modelfile(text: str) -> dict[str, Any]:
     return result
 
 
-def export_ollama(run_dir: Path, out_dir: Path, quant: str = "q8_0", verify: bool = True) -> OllamaExport:
-    gguf = export_gguf(run_dir, out_dir, quant, verify=verify)
+def export_ollama(run_dir: Path, out_dir: Path, quant: str = "q8_0", verify: bool = True, writer: str = "auto") -> OllamaExport:
+    gguf = export_gguf(run_dir, out_dir, quant, verify=verify, writer=writer)
     training: TrainingChat = gguf.training
     if training.format is None:
         gguf.path.unlink(missing_ok=True)
