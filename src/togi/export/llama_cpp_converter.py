@@ -13,6 +13,7 @@ togi imports itself. It is pure Python: it needs no compiler, only numpy, torch,
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import re
@@ -117,13 +118,14 @@ def _fetch(version: str | None, cache: Path) -> Path:
     return target
 
 
-def supported_architectures(directory: Path) -> set[str]:
+@functools.lru_cache(maxsize=4)  # the listing starts a Python that imports torch: once per converter tree and process
+def supported_architectures(directory: Path) -> frozenset[str]:
     """The HF architectures (``LlamaForCausalLM``, ...) this converter writes as text models."""
     finished = subprocess.run([sys.executable, str(directory / SCRIPT), "--print-supported-models"], capture_output=True,
                               text=True, cwd=directory)
     listing = finished.stdout + finished.stderr
     text_part = listing.split("TEXT models:", 1)[-1].split("MMPROJ models:", 1)[0]
-    return set(re.findall(r"^\s*-\s*(\S+)\s*$", text_part, flags=re.MULTILINE))
+    return frozenset(re.findall(r"^\s*-\s*(\S+)\s*$", text_part, flags=re.MULTILINE))
 
 
 def convert(model_dir: Path, path: Path, gguf_type: str, directory: Path) -> Path:
