@@ -111,13 +111,13 @@ def validate_training_file(path: Path, model_reference: str, method: str = "supe
         return None, size
     first = next((finding for finding in errors if finding.line), errors[0])  # a line to look at, where there is one
     code = "invalid_n_examples" if first.code == "too_few_examples" else "invalid_training_file"
-    where = f"line {first.line}" if first.line else "the file"
+    where = f" line {first.line}" if first.line else ""  # a problem of the whole file (too few examples) has no line
     if first.example is not None:
         where += f", example {first.example}"
     if first.message_index is not None:
         where += f", message {first.message_index}"
     more = f" ({len(errors) - 1} more errors)" if len(errors) > 1 else ""
-    message = f"Training file {where}: {first.message}{' in ' + first.field if first.field else ''} [{first.code}]{more}. {first.hint}"
+    message = f"Training file{where}: {first.message}{' in ' + first.field if first.field else ''} [{first.code}]{more}. {first.hint}"
     return {"code": code, "message": message, "param": "training_file"}, size
 
 
@@ -175,7 +175,8 @@ class RunWatcher:
                 self.reported_step = record["step"]
                 data = {"step": record["step"], "total_steps": self.total_steps, "train_loss": record["train_loss"],
                         "train_mean_token_accuracy": record.get("train_token_accuracy"),
-                        "valid_loss": None, "valid_mean_token_accuracy": None}
+                        "valid_loss": None, "valid_mean_token_accuracy": None,
+                        "learning_rate": record.get("learning_rate"), "tokens_per_second": record.get("tokens_per_second")}
                 add_event(self.store, self.job, f"Step {record['step']}/{self.total_steps}: training loss={record['train_loss']:.4f}",
                           kind="metrics", data=data)
                 self._remember()

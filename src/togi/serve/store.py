@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-KINDS = ("file", "job", "event", "checkpoint", "model")
+KINDS = ("file", "job", "event", "checkpoint", "model", "evaluation")
 
 
 def hash_key(key: str) -> str:
