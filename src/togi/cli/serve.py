@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import echo, make_console, print_json
@@ -50,12 +51,14 @@ def serve(
     max_file_mb: Annotated[int, typer.Option(min=1, help="Largest file upload accepted, in MB (larger: 413).")] = 512,
     max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 32,
     max_waiting: Annotated[int, typer.Option(min=1, help="Chat requests that may wait per base model; beyond them: 429.")] = 64,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web dashboard at / (jobs, live curves, evaluations, playground).")] = True,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.
 
     \b
     togi serve --port 8000 --data-dir togi-data
-    then, in Python:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
+    then open http://127.0.0.1:8000/ and sign in with the key, or in Python:
+    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
     """
     if context.invoked_subcommand is not None:
         return
@@ -71,9 +74,10 @@ def serve(
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
     app = create_app(data_dir, models, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
-                     max_waiting=max_waiting)
-    console.print(f"togi serve: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  data: {data_dir.resolve()}  "
-                  f"base models: {', '.join(models)}", soft_wrap=True)
+                     max_waiting=max_waiting, ui=ui)
+    dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
+    console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
+                  f"data: {escape(str(data_dir.resolve()))}  base models: {escape(', '.join(models))}", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

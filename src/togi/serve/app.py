@@ -5,6 +5,9 @@ and model belongs to one, so another organization's ids answer 404. Every error,
 request body, is OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` with OpenAI's
 status codes (400 for a bad body, not FastAPI's 422). The wire contract is ../shared/openai-api.md.
 
+The web dashboard (``dashboard/``) is served at ``/`` unless ``ui=False``; it signs in with an API key and uses
+these same routes, plus the few extras in ``routes/dashboard_api.py``.
+
 The routes are in ``routes/`` (one router per resource); what they share (the server's state, the caller's
 organization, the error envelope, list pages) is in ``http.py``.
 """
@@ -18,7 +21,9 @@ from fastapi import FastAPI
 
 from togi.serve.http import ServerState, install_error_handlers
 from togi.serve.inference import ModelPool
-from togi.serve.routes import files, jobs, models
+from togi.serve.dashboard import mount_dashboard
+from togi.serve.evaluations import fail_interrupted
+from togi.serve.routes import dashboard_api, files, jobs, models
 from togi.serve.scheduler import Scheduler
 from togi.serve.store import SQLiteStore, Store
 
@@ -26,7 +31,7 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-               store: Store | None = None, max_batch: int = 32, max_waiting: int = 64) -> FastAPI:
+               store: Store | None = None, max_batch: int = 32, max_waiting: int = 64, ui: bool = True) -> FastAPI:
     data_dir = data_dir.resolve()
     store = store or SQLiteStore(data_dir / "togi.db")
     state = ServerState(data_dir=data_dir, base_models=base_models, store=store, scheduler=Scheduler(store, data_dir, slots=slots),
@@ -35,12 +40,15 @@ def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.scheduler.start()
+        fail_interrupted(state.store)
         yield
         state.scheduler.stop()
 
     app = FastAPI(title="togi", version="1", description="OpenAI-compatible fine-tuning API", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
-    for router in (files.router, jobs.router, models.router):
+    for router in (files.router, jobs.router, models.router, dashboard_api.router):
         app.include_router(router)
+    if ui:
+        mount_dashboard(app)
     return app
