@@ -31,6 +31,11 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e ".[dev]"
+	# The dashboard's browser tests drive Debian's Chromium with Playwright (Playwright's own browser download is not
+	# used: it needs a host other than the package registries). CJK fonts so Japanese renders in the screenshots.
+	if { ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -q "Noto Sans CJK"; } && command -v apt-get >/dev/null \
+		&& [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) \
+		|| echo "warning: the dashboard's browser tests will be skipped (chromium did not install)"; fi
 	if command -v npm >/dev/null; then npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error $(GO_TEMPLATE) \
 		|| echo "warning: the Ollama TEMPLATE tests will be skipped ($(GO_TEMPLATE) did not install)"; fi
 	touch $@
