@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 
 from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import echo, make_console, print_json
@@ -77,7 +76,7 @@ def serve(
                      max_waiting=max_waiting, ui=ui)
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
-                  f"data: {escape(str(data_dir.resolve()))}  base models: {escape(', '.join(models))}", soft_wrap=True)
+                  f"data: {data_dir.resolve()}  base models: {', '.join(models)}", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
