@@ -228,7 +228,7 @@ async function newJobPage(main) {
       const auto = await api(`/dashboard/api/auto_hyperparameters?${query}`);
       const h = auto.hyperparameters;
       resolved.textContent = `auto resolves to: ${h.n_epochs} epochs · batch size ${h.batch_size} · learning-rate multiplier ${h.learning_rate_multiplier}` +
-        `${h.beta !== undefined ? ` · beta ${h.beta}` : ""} (for ${auto.n_examples} examples)`;
+        `${h.beta !== undefined ? ` · beta ${h.beta}` : ""} (for ${auto.n_examples} example${auto.n_examples === 1 ? "" : "s"})`;
       if (auto.problem) resolved.append(errorBox(`The job would fail: ${auto.problem}`));
       for (const name of ["n_epochs", "batch_size", "learning_rate_multiplier"]) $(`#${name}`).placeholder = `auto (${h[name]})`;
     } catch (error) {
