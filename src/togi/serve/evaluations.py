@@ -83,17 +83,18 @@ def _run(store: Store, data_dir: Path, job: FineTuningJob, record: dict[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=EVALUATION_TIMEOUT_SECONDS)
-        report = json.loads((out_dir / "report.json").read_text(encoding="utf-8")) if done.returncode in (0, 1) else None
     except subprocess.TimeoutExpired:
-        done, report = None, None
-    except (OSError, ValueError):
-        report = None
-    if report is not None:
-        store.update("evaluation", record["id"], status="succeeded", finished_at=int(time.time()), **summary_of(report))
-        return
-    if done is None:
         message = f"the evaluation took longer than {EVALUATION_TIMEOUT_SECONDS} s and was stopped"
+    except OSError as error:
+        message = f"togi eval could not be started: {error}"
     else:
+        try:  # exit code 1 is a failed deploy gate: the report is written all the same
+            report = json.loads((out_dir / "report.json").read_text(encoding="utf-8")) if done.returncode in (0, 1) else None
+        except (OSError, ValueError):
+            report = None
+        if report is not None:
+            store.update("evaluation", record["id"], status="succeeded", finished_at=int(time.time()), **summary_of(report))
+            return
         lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
         said = next((line for line in lines if line.startswith("togi: ")), lines[-1] if lines else f"exit code {done.returncode}")
         message = redact_paths(said.removeprefix("togi: ").replace(str(data_path), file_id), job, data_dir)

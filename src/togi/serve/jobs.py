@@ -71,7 +71,9 @@ def redact_paths(text: str, job: FineTuningJob, data_dir: Path) -> str:
     for param in ("training_file", "validation_file"):
         if paths.get(param) and job.get(param):
             text = text.replace(paths[param], job[param])
-    text = text.replace(str(job_directory(data_dir, job["id"])), f"the run of {job['id']}")
+    run_of_the_job = f"the run of {job['id']}"
+    text = text.replace(str(job_directory(data_dir, job["id"]) / "run"), run_of_the_job)
+    text = text.replace(str(job_directory(data_dir, job["id"])), run_of_the_job)
     return text.replace(str(data_dir), "the server's data directory")
 
 

@@ -10,17 +10,17 @@
 from __future__ import annotations
 
 import html
-import re
 from typing import Literal, Optional
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from togi.data.labels import LabelPatternError, compile_label_pattern
 from togi.serve.evaluations import RUN_EVALUATION_ID, evaluation_directory, run_evaluation_record, start_evaluation
 from togi.serve.files import file_path
 from togi.serve.http import APIError, Organization, State, owned, public
-from togi.serve.jobs import job_directory, resolve_hyperparameters, validate_training_file
+from togi.serve.jobs import redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.routes.jobs import owned_job
 
 router = APIRouter(prefix="/dashboard/api")
@@ -54,6 +54,15 @@ class EvaluationRequest(BaseModel):
     label_pattern: Optional[str] = Field(None, description="Regex whose first group is the label, for accuracy and macro-F1.")
     limit: Optional[int] = Field(None, ge=1, le=10_000, description="Evaluate only the first N examples.")
 
+    @field_validator("label_pattern")
+    @classmethod
+    def _compiles(cls, value: Optional[str]) -> Optional[str]:
+        try:
+            compile_label_pattern(value)  # the same rule as `togi eval --label-pattern`
+        except LabelPatternError as error:
+            raise ValueError(f"{error} ({error.hint})") from None
+        return value
+
 
 @router.get("/jobs/{job_id}/evaluations")
 def list_evaluations(job_id: str, state: State, org: Organization):
@@ -71,40 +80,33 @@ def create_evaluation(job_id: str, body: EvaluationRequest, state: State, org: O
     file_record = state.store.get("file", body.file_id, org)
     if file_record is None:
         raise APIError(400, f"invalid file_id: {body.file_id} does not exist", "invalid_request", "file_id")
-    if body.label_pattern:
-        try:
-            if re.compile(body.label_pattern).groups < 1:
-                raise APIError(400, "label_pattern needs a group around the label, e.g. 'ラベル: (\\S+)'", "invalid_value", "label_pattern")
-        except re.error as error:
-            raise APIError(400, f"label_pattern is not a regular expression: {error}", "invalid_value", "label_pattern") from None
     record = start_evaluation(state.store, state.data_dir, job, file_record, file_path(state.data_dir, file_record), body.label_pattern,
                               body.limit)
     return public(record)
 
 
-def _evaluation(state: State, job_id: str, evaluation_id: str, org: str) -> dict:
+def _evaluation(state: State, job_id: str, evaluation_id: str, org: str) -> tuple[dict, dict]:
+    """The caller's job and its evaluation; 404 for either that is not theirs."""
     job = owned_job(state, job_id, org)
     record = run_evaluation_record(state.data_dir, job) if evaluation_id == RUN_EVALUATION_ID else state.store.get("evaluation", evaluation_id, org)
     if record is None or record.get("job_id") != job_id:
         raise APIError(404, f"No such evaluation: {evaluation_id}", "evaluation_not_found", "id")
-    return record
+    return job, record
 
 
 @router.get("/jobs/{job_id}/evaluations/{evaluation_id}")
 def get_evaluation(job_id: str, evaluation_id: str, state: State, org: Organization):
-    return public(_evaluation(state, job_id, evaluation_id, org))
+    return public(_evaluation(state, job_id, evaluation_id, org)[1])
 
 
 @router.get("/jobs/{job_id}/evaluations/{evaluation_id}/report", response_class=HTMLResponse)
 def evaluation_report(job_id: str, evaluation_id: str, state: State, org: Organization):
-    record = _evaluation(state, job_id, evaluation_id, org)
+    job, record = _evaluation(state, job_id, evaluation_id, org)
     path = evaluation_directory(state.data_dir, job_id, evaluation_id) / "report.html"
     if not path.is_file():
         raise APIError(404, f"evaluation {evaluation_id} has no report yet", "report_not_found", "id")
     page = path.read_text(encoding="utf-8")
     test_file = state.store.get("file", record.get("file_id") or "", org)
     if test_file is not None:  # the server's paths become what the caller knows: the file's name, the job
-        page = page.replace(html.escape(str(file_path(state.data_dir, test_file))), html.escape(test_file["filename"]))
-    for path, name in ((job_directory(state.data_dir, job_id) / "run", f"the run of {job_id}"), (state.data_dir, "the server's data directory")):
-        page = page.replace(html.escape(str(path)), html.escape(name))
-    return HTMLResponse(page)
+        page = page.replace(str(file_path(state.data_dir, test_file)), html.escape(test_file["filename"]))
+    return HTMLResponse(redact_paths(page, job, state.data_dir))
