@@ -65,6 +65,9 @@ def methods_where(**traits: bool) -> tuple[str, ...]:
     """The methods with these traits, in the table's order: ``methods_where(preference=True)``."""
     return tuple(name for name, trait in METHODS.items() if all(getattr(trait, key) == value for key, value in traits.items()))
 MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
+# training.micro_batch_tokens "auto" on a CPU: the passes stay fast and a pass holds about 0.7 GB of activations for a
+# 135M model (benchmarks/RESULTS.md, "where a step's memory goes").
+CPU_MICRO_BATCH_TOKENS = 512
 
 
 class _Section(BaseModel):
@@ -149,6 +152,17 @@ class TrainingSettings(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     auto_batch: bool = Field(False, description="on a GPU out-of-memory error, halve the batch and retry")
+    micro_batch_tokens: Union[int, Literal["auto"], None] = Field(
+        "auto", description="the most tokens one forward and backward pass takes: a padding-free batch with more is split at "
+        "example boundaries and its gradients added up before the optimizer step (the same step, less memory); auto: "
+        f"{CPU_MICRO_BATCH_TOKENS} on a CPU, no split on a GPU; null: never split")
+
+    @field_validator("micro_batch_tokens")
+    @classmethod
+    def _positive_micro_batch(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError(f"{value} tokens: a pass needs at least one token (or auto, or null for never splitting a batch)")
+        return value
 
     @field_validator("learning_rate")
     @classmethod

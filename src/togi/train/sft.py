@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from togi.config import TrainConfig
+from togi.config import CPU_MICRO_BATCH_TOKENS, TrainConfig
 from togi.data.labels import compile_label_pattern, label_of
 from togi.data.template import FALLBACK_CHAT_TEMPLATE, chat_template_of
 from togi.errors import TogiError
@@ -27,6 +27,7 @@ from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
 from togi.train.library_adapters import TrainSamplerHook
 from togi.train.loss import compact_lm_loss, supports_compact_loss
+from togi.train.micro_batches import split_padding_free_batch
 from togi.train.methods import apply_method, check_method_fits, count_parameters
 from togi.train.samples import sample_generations, save_samples
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
@@ -109,9 +110,13 @@ def train_sft(
                  "batches keep the file's shuffled order")
             train_labels = None
 
-    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels)(
+    arguments = _trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None)
+    micro_batch_tokens = _micro_batch_tokens(config, plan, arguments.padding_free)
+    if micro_batch_tokens:
+        log(f"each forward and backward pass takes at most {micro_batch_tokens} tokens of a batch (training.micro_batch_tokens)")
+    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels, micro_batch_tokens)(
         model=model,
-        args=_trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None),
+        args=arguments,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
@@ -133,8 +138,16 @@ def train_sft(
     return session.finish(trainer, output, parameters=parameters, samples=samples)
 
 
+def _micro_batch_tokens(config: TrainConfig, plan: DevicePlan, padding_free: bool) -> int | None:
+    """training.micro_batch_tokens resolved: "auto" splits padding-free batches on a CPU only."""
+    setting = config.training.micro_batch_tokens
+    if setting == "auto":
+        return CPU_MICRO_BATCH_TOKENS if plan.device == "cpu" and padding_free else None
+    return setting if padding_free else None
+
+
 def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
-                   train_labels: list[str | None] | None = None) -> type:
+                   train_labels: list[str | None] | None = None, micro_batch_tokens: int | None = None) -> type:
     """TRL's SFTTrainer with a length-grouped order that survives resuming, or batches that take the labels in
     turn when ``train_labels`` are given (``data.balance_labels``; both in ``sampling.py``), the task metric
     scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
@@ -178,6 +191,15 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
                 return None  # the Trainer's own order
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            """With ``micro_batch_tokens``, a padding-free batch's forward and backward passes run piece by piece
+            (``micro_batches.py``). Each piece's loss is divided by the labelled tokens of the whole batch (the
+            Trainer's ``num_items_in_batch``), so the gradients and the returned loss add up to the whole batch's."""
+            pieces = split_padding_free_batch(inputs, micro_batch_tokens) if micro_batch_tokens else [inputs]
+            if len(pieces) == 1 or num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+                return super().training_step(model, inputs, num_items_in_batch)
+            return sum(super(TogiSFTTrainer, self).training_step(model, piece, num_items_in_batch) for piece in pieces)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             label_weights = inputs.pop(LABEL_WEIGHTS, None)  # data.label_loss_weight: only togi's own loss takes them
