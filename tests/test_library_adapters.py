@@ -8,7 +8,7 @@ import importlib.metadata
 import torch
 
 from conftest import build_tiny_model
-from togi.train.library_adapters import CHECKED_VERSIONS, TrainSamplerHook, attention_implementation
+from togi.train.library_adapters import CHECKED_VERSIONS, TrainSamplerHook, attention_implementation, register_custom_lora_layer
 
 
 def _recheck(access: str) -> str:
@@ -56,3 +56,16 @@ def test_train_sampler_decides_the_order_of_the_training_examples(tmp_path):
 
 def test_without_a_train_sampler_the_trainer_keeps_its_own_order(tmp_path):
     assert sorted(_first_epoch(tmp_path, None)) == list(range(6)), _recheck("transformers' Trainer._get_train_sampler")
+
+
+def test_a_registered_custom_lora_layer_is_built_and_not_saved_with_the_adapter_config(tokenizer):
+    import peft
+    from peft.tuners.lora.layer import Linear
+
+    class Custom(Linear):
+        pass
+
+    config = register_custom_lora_layer(peft.LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"), torch.nn.Linear, Custom)
+    model = peft.get_peft_model(build_tiny_model(tokenizer), config)
+    assert any(type(module) is Custom for module in model.modules()), _recheck("PEFT's LoraConfig._register_custom_module")
+    assert "_custom_modules" not in config.to_dict(), _recheck("PEFT's LoraConfig._register_custom_module (now saved)")

@@ -17,8 +17,8 @@ mask's random stream differs from ``nn.Dropout``'s, and the drop probability is 
 1/65,536 (0.05 becomes 0.0500031), with the kept values scaled by the exact inverse of the rounded keep rate.
 
 ``CpuLoraLinear`` is a PEFT ``lora.Linear`` (its weights, names, saving, merging and everything else are
-PEFT's), registered through PEFT's documented hook for custom LoRA layers (``LoraConfig._register_custom_module``)
-by ``use_cpu_lora_layers``. It takes the fast path only while training plain LoRA on fp32 CPU tensors, one
+PEFT's), registered through PEFT's hook for custom LoRA layers (see ``library_adapters.register_custom_lora_layer``) by
+``use_cpu_lora_layers``. It takes the fast path only while training plain LoRA on fp32 CPU tensors, one
 adapter at a time, unmerged, without autocast; anything else (generation, evaluation, DoRA, several adapters,
 bf16, CUDA) runs PEFT's own forward.
 """
@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from togi.train.library_adapters import register_custom_lora_layer
 
 # Four 16-bit lanes per 64-bit random draw; a lane below the threshold drops its element.
 _LANE_VALUES = 2**16
@@ -132,5 +134,4 @@ class CpuLoraLinear(_peft_lora_linear()):  # type: ignore[misc]
 
 def use_cpu_lora_layers(peft_config: Any) -> Any:
     """Have PEFT build ``CpuLoraLinear`` for the ``nn.Linear`` layers a LoRA config targets; returns the config."""
-    peft_config._register_custom_module({nn.Linear: CpuLoraLinear})
-    return peft_config
+    return register_custom_lora_layer(peft_config, nn.Linear, CpuLoraLinear)

@@ -41,3 +41,14 @@ class TrainSamplerHook:
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = self.train_sampler(train_dataset if train_dataset is not None else self.train_dataset)  # type: ignore[attr-defined]
         return sampler if sampler is not None else super()._get_train_sampler(train_dataset)  # type: ignore[misc]
+
+
+def register_custom_lora_layer(peft_config: Any, base_type: type, layer_class: type) -> Any:
+    """Have PEFT build ``layer_class`` (a subclass of one of PEFT's LoRA layers) for the target layers of type
+    ``base_type`` that ``peft_config`` (a ``LoraConfig``) adapts; returns the config.
+
+    PEFT's hook for custom LoRA layers is ``LoraConfig._register_custom_module``, documented in its developer guide
+    ("Custom models") as experimental, with an underscore name. It is not saved with the adapter's config, so
+    what is saved loads in plain PEFT."""
+    peft_config._register_custom_module({base_type: layer_class})
+    return peft_config
