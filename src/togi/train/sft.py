@@ -22,12 +22,13 @@ from togi.models.loading import load_causal_lm
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
 from togi.train.result import RunResult
-from togi.train.attention import per_example_attention
+from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
 from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
-from togi.train.library_adapters import TrainSamplerHook
-from togi.train.loss import compact_lm_loss, supports_compact_loss
+from togi.train.library_adapters import TrainSamplerHook, attention_implementation
+from togi.train.loss import compact_lm_loss, supports_compact_loss, unwrapped_causal_lm
 from togi.train.micro_batches import split_padding_free_batch
+from togi.train.shared_prefix import real_tokens, share_common_prefix
 from togi.train.methods import apply_method, check_method_fits, count_parameters
 from togi.train.samples import sample_generations, save_samples
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
@@ -114,7 +115,8 @@ def train_sft(
     micro_batch_tokens = _micro_batch_tokens(config, plan, arguments.padding_free)
     if micro_batch_tokens:
         log(f"each forward and backward pass takes at most {micro_batch_tokens} tokens of a batch (training.micro_batch_tokens)")
-    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels, micro_batch_tokens)(
+    on_cpu_padding_free = plan.device == "cpu" and arguments.padding_free
+    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels, micro_batch_tokens, share_prefixes=on_cpu_padding_free)(
         model=model,
         args=arguments,
         train_dataset=train_set,
@@ -124,7 +126,6 @@ def train_sft(
     )
     if config.data.label_loss_weight != 1:
         trainer.data_collator = LabelWeightCollator(trainer.data_collator)
-    on_cpu_padding_free = plan.device == "cpu" and trainer.args.padding_free
     output = session.train(trainer, around=per_example_attention(trainer.model) if on_cpu_padding_free else None)
 
     trainer.save_model(str(session.output_dir))
@@ -147,7 +148,7 @@ def _micro_batch_tokens(config: TrainConfig, plan: DevicePlan, padding_free: boo
 
 
 def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
-                   train_labels: list[str | None] | None = None, micro_batch_tokens: int | None = None) -> type:
+                   train_labels: list[str | None] | None = None, micro_batch_tokens: int | None = None, share_prefixes: bool = False) -> type:
     """TRL's SFTTrainer with a length-grouped order that survives resuming, or batches that take the labels in
     turn when ``train_labels`` are given (``data.balance_labels``; both in ``sampling.py``), the task metric
     scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
@@ -193,12 +194,18 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            """With ``micro_batch_tokens``, a padding-free batch's forward and backward passes run piece by piece
-            (``micro_batches.py``). Each piece's loss is divided by the labelled tokens of the whole batch (the
-            Trainer's ``num_items_in_batch``), so the gradients and the returned loss add up to the whole batch's."""
+            """On a CPU's padding-free path, a batch is trained in passes of at most ``micro_batch_tokens`` tokens
+            (``micro_batches.py``), each with its examples' common prefix once (``shared_prefix.py``). Each pass's
+            loss is divided by the labelled tokens of the whole batch (the Trainer's ``num_items_in_batch``), so
+            the gradients and the returned loss add up to the whole batch's."""
             pieces = split_padding_free_batch(inputs, micro_batch_tokens) if micro_batch_tokens else [inputs]
-            if len(pieces) == 1 or num_items_in_batch is None or not self.model_accepts_loss_kwargs:
-                return super().training_step(model, inputs, num_items_in_batch)
+            if len(pieces) > 1 and (num_items_in_batch is None or not self.model_accepts_loss_kwargs):
+                pieces = [inputs]  # without the whole batch's count, the passes' losses would not add up
+            if (share_prefixes and attention_implementation(unwrapped_causal_lm(model)) == PER_EXAMPLE_SDPA
+                    and self._compact_loss_applies(model, inputs, weighted=LABEL_WEIGHTS in inputs)):
+                pieces = [share_common_prefix(piece) for piece in pieces]
+            if len(pieces) == 1:
+                return super().training_step(model, pieces[0], num_items_in_batch)
             return sum(super(TogiSFTTrainer, self).training_step(model, piece, num_items_in_batch) for piece in pieces)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
@@ -213,7 +220,7 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             metrics = self.compact_loss_metrics["train" if self.model.training else "eval"]
             metrics["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
             if self.model.training:
-                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["position_ids"].size(1)
+                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else real_tokens(inputs)
             metrics["num_tokens"] = [self.train_tokens_seen]
             return parts.loss
 
