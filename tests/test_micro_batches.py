@@ -47,6 +47,12 @@ def test_examples_are_grouped_in_order_within_the_budget_and_a_longer_one_stands
     assert example_groups([], 10) == []
 
 
+def test_a_prefix_the_examples_will_share_counts_once_per_pass():
+    # 12 shared tokens: 23 and 15 take 12 + 11 + 3 = 26 tokens once the prefix is shared, 38 without
+    assert example_groups([23, 15, 20, 30], 30, shared_prefix=12) == [(0, 2), (2, 3), (3, 4)]
+    assert example_groups([23, 15, 20, 30], 30) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
 def test_the_pieces_hold_every_token_once_with_their_own_example_bounds():
     batch = padding_free_batch(weights=True)
     pieces = split_padding_free_batch(batch, 30)

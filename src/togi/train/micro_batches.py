@@ -26,30 +26,32 @@ _PER_TOKEN = ("input_ids", "labels", "position_ids", "seq_idx", LABEL_WEIGHTS)
 _BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-def example_groups(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
-    """Consecutive ``(first, end)`` ranges of example indices whose lengths sum to at most ``max_tokens`` each
-    (an example longer than that alone)."""
+def example_groups(lengths: list[int], max_tokens: int, shared_prefix: int = 0) -> list[tuple[int, int]]:
+    """Consecutive ``(first, end)`` ranges of example indices, each holding at most ``max_tokens`` tokens (an
+    example longer than that alone). With ``shared_prefix``, the examples' first that many tokens count once per
+    range, as ``shared_prefix.share_common_prefix`` will lay them out."""
     groups: list[tuple[int, int]] = []
-    first, tokens = 0, 0
+    first, tokens = 0, shared_prefix
     for index, length in enumerate(lengths):
-        if index > first and tokens + length > max_tokens:
+        if index > first and tokens + length - shared_prefix > max_tokens:
             groups.append((first, index))
-            first, tokens = index, 0
-        tokens += length
+            first, tokens = index, shared_prefix
+        tokens += length - shared_prefix
     if lengths:
         groups.append((first, len(lengths)))
     return groups
 
 
-def split_padding_free_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
+def split_padding_free_batch(batch: dict[str, Any], max_tokens: int, shared_prefix: int = 0) -> list[dict[str, Any]]:
     """The batch as consecutive padding-free batches of at most ``max_tokens`` tokens each (see the module's
-    docstring); ``[batch]`` itself when it fits, or when it is not a single padding-free row of known keys."""
+    docstring; ``shared_prefix`` as in ``example_groups``); ``[batch]`` itself when it fits, or when it is not a
+    single padding-free row of known keys."""
     bounds = batch.get("cu_seq_lens_q")
     if (bounds is None or set(batch) - set(_PER_TOKEN) - set(_BOUNDS) or batch["input_ids"].shape[0] != 1
-            or batch["input_ids"].shape[1] <= max_tokens or not torch.equal(bounds, batch.get("cu_seq_lens_k", bounds))):
+            or not torch.equal(bounds, batch.get("cu_seq_lens_k", bounds))):
         return [batch]
     starts = bounds.tolist()
-    groups = example_groups([end - start for start, end in zip(starts, starts[1:])], max_tokens)
+    groups = example_groups([end - start for start, end in zip(starts, starts[1:])], max_tokens, shared_prefix)
     if len(groups) == 1:
         return [batch]
     pieces = []

@@ -28,7 +28,7 @@ from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
 from togi.train.library_adapters import TrainSamplerHook, attention_implementation
 from togi.train.loss import compact_lm_loss, supports_compact_loss, unwrapped_causal_lm
 from togi.train.micro_batches import split_padding_free_batch
-from togi.train.shared_prefix import real_tokens, share_common_prefix
+from togi.train.shared_prefix import real_tokens, share_common_prefix, shared_prefix_length
 from togi.train.methods import apply_method, check_method_fits, count_parameters
 from togi.train.samples import sample_generations, save_samples
 from togi.train.sampling import LabelBalancedSampler, SeededLengthGroupedSampler
@@ -198,11 +198,13 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             (``micro_batches.py``), each with its examples' common prefix once (``shared_prefix.py``). Each pass's
             loss is divided by the labelled tokens of the whole batch (the Trainer's ``num_items_in_batch``), so
             the gradients and the returned loss add up to the whole batch's."""
-            pieces = split_padding_free_batch(inputs, micro_batch_tokens) if micro_batch_tokens else [inputs]
-            if len(pieces) > 1 and (num_items_in_batch is None or not self.model_accepts_loss_kwargs):
-                pieces = [inputs]  # without the whole batch's count, the passes' losses would not add up
-            if (share_prefixes and attention_implementation(unwrapped_causal_lm(model)) == PER_EXAMPLE_SDPA
-                    and self._compact_loss_applies(model, inputs, weighted=LABEL_WEIGHTS in inputs)):
+            sharing = (share_prefixes and attention_implementation(unwrapped_causal_lm(model)) == PER_EXAMPLE_SDPA
+                       and self._compact_loss_applies(model, inputs, weighted=LABEL_WEIGHTS in inputs))
+            pieces = [inputs]
+            if micro_batch_tokens and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                # (without the whole batch's count, the passes' losses would not add up)
+                pieces = split_padding_free_batch(inputs, micro_batch_tokens, shared_prefix=shared_prefix_length(inputs) if sharing else 0)
+            if sharing:
                 pieces = [share_common_prefix(piece) for piece in pieces]
             if len(pieces) == 1:
                 return super().training_step(model, pieces[0], num_items_in_batch)

@@ -48,16 +48,29 @@ def shareable_prefix_length(input_ids: torch.Tensor, labels: torch.Tensor, start
     return max(shared, 0)
 
 
+def _padding_free_bounds(batch: dict[str, Any]) -> list[int] | None:
+    """The example bounds of a single padding-free row of known keys with two examples or more, else None."""
+    bounds = batch.get("cu_seq_lens_q")
+    if bounds is None or set(batch) - set(_KNOWN) or batch["input_ids"].shape[0] != 1 or len(bounds) < 3:
+        return None
+    return bounds.tolist()
+
+
+def shared_prefix_length(batch: dict[str, Any]) -> int:
+    """The prefix ``share_common_prefix`` would lay out once for this batch, or 0."""
+    starts = _padding_free_bounds(batch)
+    shared = shareable_prefix_length(batch["input_ids"][0], batch["labels"][0], starts) if starts else 0
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def share_common_prefix(batch: dict[str, Any]) -> dict[str, Any]:
     """The row with its examples' common prefix once (see the module's docstring), or ``batch`` itself when
     the examples share fewer than ``MIN_SHARED_PREFIX`` tokens or the batch is not a single padding-free row."""
-    bounds = batch.get("cu_seq_lens_q")
-    if bounds is None or set(batch) - set(_KNOWN) or batch["input_ids"].shape[0] != 1 or len(bounds) < 3:
+    shared = shared_prefix_length(batch)
+    if not shared:
         return batch
+    bounds = batch["cu_seq_lens_q"]
     starts = bounds.tolist()
-    shared = shareable_prefix_length(batch["input_ids"][0], batch["labels"][0], starts)
-    if shared < MIN_SHARED_PREFIX:
-        return batch
     kept = torch.ones(batch["input_ids"].shape[1], dtype=torch.bool)
     for start in starts[1:-1]:
         kept[start : start + shared] = False
