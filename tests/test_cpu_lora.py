@@ -130,7 +130,7 @@ def test_the_function_saves_the_input_itself_and_a_one_byte_mask():
     weight, lora_a = torch.randn(6, 8), torch.randn(2, 8, requires_grad=True)
     lora_b = torch.randn(6, 2, requires_grad=True)
     mask = keep_mask(x.shape, 0.2)
-    output = LoraLinearFunction.apply(x, weight, None, lora_a, lora_b, 2.0, mask, keep_rate(0.2))
+    output = LoraLinearFunction.apply(x, weight, None, lora_a, lora_b, 2.0, mask, keep_rate(0.2), torch.float32)
     saved = output.grad_fn.saved_tensors
     assert any(tensor.data_ptr() == x.data_ptr() for tensor in saved)
     assert [tensor.dtype for tensor in saved if tensor.shape == x.shape] == [torch.float32, torch.bool]
@@ -174,3 +174,20 @@ def test_togi_trains_lora_on_a_cpu_with_its_layer_and_dora_with_pefts(tokenizer,
     config = load_config(None, [f"model={tiny_model_dir}", f"method={method}", "data.train_file=unused.jsonl"])
     model = apply_method(build_tiny_model(tokenizer), config, tiny_model_dir)
     assert any(isinstance(module, CpuLoraLinear) for module in model.modules()) is expected
+
+
+def test_under_cpu_autocast_it_computes_in_bfloat16_as_pefts_layer_does(tokenizer, monkeypatch):
+    """Where the CPU has native bf16, togi trains with float32 weights under bf16 autocast."""
+    reference, fast = lora_pair(tokenizer, dropout=0.0)
+    dtypes = []
+    apply = LoraLinearFunction.apply
+    monkeypatch.setattr(LoraLinearFunction, "apply", lambda *args: dtypes.append(args[-1]) or apply(*args))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference_loss, reference_gradients = loss_and_gradients(reference)
+        fast_loss, fast_gradients = loss_and_gradients(fast)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    torch.testing.assert_close(fast_loss, reference_loss, rtol=2e-2, atol=2e-2)
+    for name, gradient in reference_gradients.items():
+        assert fast_gradients[name].dtype == torch.float32
+        relative = (fast_gradients[name] - gradient).norm() / gradient.norm()
+        assert relative < 0.05, (name, float(relative))

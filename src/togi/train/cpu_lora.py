@@ -18,9 +18,10 @@ mask's random stream differs from ``nn.Dropout``'s, and the drop probability is 
 
 ``CpuLoraLinear`` is a PEFT ``lora.Linear`` (its weights, names, saving, merging and everything else are
 PEFT's), registered through PEFT's hook for custom LoRA layers (see ``library_adapters.register_custom_lora_layer``) by
-``use_cpu_lora_layers``. It takes the fast path only while training plain LoRA on fp32 CPU tensors, one
-adapter at a time, unmerged, without autocast; anything else (generation, evaluation, DoRA, several adapters,
-bf16, CUDA) runs PEFT's own forward.
+``use_cpu_lora_layers``. It takes the fast path only while training plain LoRA with float32 weights on a CPU (in
+float32, or in bfloat16 under CPU autocast, as togi trains where the CPU has native bf16), one adapter at a time,
+unmerged; anything else (generation, evaluation, DoRA, several adapters, bf16 weights, CUDA) runs PEFT's own
+forward.
 """
 
 from __future__ import annotations
@@ -53,40 +54,47 @@ def keep_mask(shape: torch.Size, dropout: float, device: torch.device | str = "c
 
 class LoraLinearFunction(torch.autograd.Function):
     """``x @ W.T + bias + scaling * ((x * mask / keep) @ A.T) @ B.T`` with its gradients for x, A and B (the base
-    weight and bias are frozen). Saves x, the mask and the rank-r activations only."""
+    weight and bias are frozen). Saves x, the mask and the rank-r activations, and W in ``dtype``.
+
+    The products run in ``dtype``: float32, or bfloat16 under CPU autocast, as autocast runs a linear layer (its
+    inputs cast, its output in bfloat16). The gradients come back in the dtypes of x and the parameters."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float, mask: torch.Tensor | None, keep: float) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        output = rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())
-        # The 1 / keep of the dropout is applied to the rank-r product, a tensor r / in_features the size of x.
-        low_rank = (rows if mask is None else rows.mul(mask.view(rows.shape))) @ lora_a.t()
-        if mask is not None:
-            low_rank.mul_(1.0 / keep)
-        output.addmm_(low_rank, lora_b.t(), alpha=scaling)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, low_rank, mask)
-        ctx.scaling, ctx.keep = scaling, keep
+                lora_b: torch.Tensor, scaling: float, mask: torch.Tensor | None, keep: float, dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            rows = x.reshape(-1, x.shape[-1]).to(dtype)
+            weight_c, lora_a_c, lora_b_c = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
+            output = rows @ weight_c.t() if bias is None else torch.addmm(bias.to(dtype), rows, weight_c.t())
+            # The 1 / keep of the dropout is applied to the rank-r product, a tensor r / in_features the size of x.
+            low_rank = (rows if mask is None else rows.mul(mask.view(rows.shape))) @ lora_a_c.t()
+            if mask is not None:
+                low_rank.mul_(1.0 / keep)
+            output.addmm_(low_rank, lora_b_c.t(), alpha=scaling)
+        ctx.save_for_backward(x, weight_c, lora_a, lora_b, low_rank, mask)
+        ctx.scaling, ctx.keep, ctx.dtype = scaling, keep, dtype
         return output.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
-        x, weight, lora_a, lora_b, low_rank, mask = ctx.saved_tensors
-        rows = x.reshape(-1, x.shape[-1])
-        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
+        x, weight_c, lora_a, lora_b, low_rank, mask = ctx.saved_tensors
+        dtype = ctx.dtype
+        rows = x.reshape(-1, x.shape[-1]).to(dtype)
+        grad_rows = grad_output.reshape(-1, grad_output.shape[-1]).to(dtype)
+        lora_a_c, lora_b_c = lora_a.to(dtype), lora_b.to(dtype)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[4]:
-            grad_b = (grad_rows.t() @ low_rank).mul_(ctx.scaling)
+            grad_b = (grad_rows.t() @ low_rank).mul_(ctx.scaling).to(lora_b.dtype)
         # The gradient at the rank-r product, times the dropout's 1 / keep (again on the small tensor).
-        grad_low_rank = (grad_rows @ lora_b).mul_(ctx.scaling if mask is None else ctx.scaling / ctx.keep)
+        grad_low_rank = (grad_rows @ lora_b_c).mul_(ctx.scaling if mask is None else ctx.scaling / ctx.keep)
         if ctx.needs_input_grad[3]:
-            grad_a = grad_low_rank.t() @ (rows if mask is None else rows.mul(mask.view(rows.shape)))
+            grad_a = (grad_low_rank.t() @ (rows if mask is None else rows.mul(mask.view(rows.shape)))).to(lora_a.dtype)
         if ctx.needs_input_grad[0]:
-            grad_lora_input = grad_low_rank @ lora_a
+            grad_lora_input = grad_low_rank @ lora_a_c
             if mask is not None:
                 grad_lora_input.mul_(mask.view(rows.shape))
-            grad_x = torch.addmm(grad_lora_input, grad_rows, weight).view(x.shape)
-        return grad_x, None, None, grad_a, grad_b, None, None, None
+            grad_x = torch.addmm(grad_lora_input, grad_rows, weight_c).view(x.shape).to(x.dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _peft_lora_linear() -> type:
@@ -106,14 +114,16 @@ class CpuLoraLinear(_peft_lora_linear()):  # type: ignore[misc]
         dropout_module = self.lora_dropout[adapter]
         dropout = dropout_module.p if isinstance(dropout_module, nn.Dropout) else 0.0
         mask = keep_mask(x.shape, dropout, x.device) if dropout > 0 else None
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         return LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
-                                        self.scaling[adapter], mask, keep_rate(dropout))
+                                        self.scaling[adapter], mask, keep_rate(dropout), dtype)
 
     def _fast_path_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
         """The one active adapter when the fast path computes exactly what PEFT would, else None."""
         if args or kwargs or not (self.training and torch.is_grad_enabled()) or self.disable_adapters or self.merged:
             return None
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        autocast = torch.is_autocast_enabled("cpu")
+        if x.device.type != "cpu" or not (x.dtype == torch.float32 or (autocast and x.dtype == torch.get_autocast_dtype("cpu"))):
             return None
         active = [name for name in self.active_adapters if name in self.lora_A]
         if len(active) != 1 or active[0] in self.lora_variant or self.fan_in_fan_out:
