@@ -14,7 +14,7 @@ DEMO_LABELS := ラベル: (\S+)
 # Go's text/template engine compiled to WebAssembly: the tests render Ollama TEMPLATEs with it.
 GO_TEMPLATE := @evertdespiegeleer/go-template@1.0.2
 
-.PHONY: demo test setup setup-dev setup-llama clean
+.PHONY: demo test setup setup-dev setup-llama bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,11 +56,33 @@ $(VENV)/.llama-installed: $(VENV)/.installed
 	$(BIN)/python -m togi.export.llama_cpp_converter
 	touch $@
 
+# LLaMA-Factory for benchmarks/train_throughput.py's variant d, in a venv of its own (it pins its own transformers,
+# peft and trl). CPU torch first, as for .venv, and pinned again beside llamafactory: its torch>=2.4 would otherwise
+# upgrade it to the newest CUDA build. llamafactory requires torchvision and torchaudio; PyPI's builds of them are
+# CUDA builds whose compiled ops do not load against CPU torch (torchvision: "operator torchvision::nms does not
+# exist", which makes `from transformers import PreTrainedModel` fail; torchaudio: _torchaudio.so does not load),
+# so both are removed. LLaMA-Factory's data/mm_plugin.py still imports torchaudio at the top (for audio inputs,
+# never used by text training), so an empty module stands in for it.
+LF_VENV := benchmarks/.venv-llamafactory
+LF_PIP := $(LF_VENV)/bin/python -m pip --disable-pip-version-check
+LLAMAFACTORY_VERSION := 0.9.5
+TORCHAUDIO_STUB := '"""Stub (make bench-setup): LLaMA-Factory imports torchaudio; text-only training never uses it."""\n'
+$(LF_VENV)/.installed:
+	$(PYTHON) -m venv $(LF_VENV)
+	$(LF_PIP) install "torch==$(TORCH_VERSION)"
+	$(LF_PIP) install "llamafactory==$(LLAMAFACTORY_VERSION)" "torch==$(TORCH_VERSION)"
+	$(LF_PIP) uninstall -y torchvision torchaudio
+	printf $(TORCHAUDIO_STUB) > "$$($(LF_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchaudio.py"
+	$(LF_VENV)/bin/python -c "import llamafactory.train.tuner"
+	touch $@
+
 setup: $(VENV)/.installed
 
 setup-dev: $(VENV)/.dev-installed
 
 setup-llama: $(VENV)/.llama-installed
+
+bench-setup: setup $(LF_VENV)/.installed
 
 demo: setup
 	$(BIN)/togi data check $(DEMO_DATA) --label-pattern '$(DEMO_LABELS)'

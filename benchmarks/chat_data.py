@@ -1,4 +1,5 @@
-"""Realistic mixed-length chat examples for the training benchmarks, built offline and deterministically.
+"""Chat examples for the training benchmarks, built offline and deterministically: realistic mixed lengths
+(``build_chat_records``) and short uniform rows (``build_calculator_records``).
 
 Real fine-tuning sets are not rows of equal length: most examples are short (a question and its
 answer, a review and its label), a tail is long (documents to summarise, long answers to write).
@@ -140,4 +141,18 @@ def build_chat_records(count: int, *, seed: int, tokenizer: Any) -> list[dict[st
         messages[-2]["content"] += text_of(task.prompt_pool, prompt_budget)
         messages[-1]["content"] += text_of(task.answer_pool, max(1, body - prompt_budget))
         records.append({"messages": messages})
+    return records
+
+
+def build_calculator_records(count: int, *, seed: int) -> list[dict[str, Any]]:
+    """``count`` short, uniform chats: the user writes a sum such as ``47 * 6 =``, the assistant answers ``282``.
+    With SmolLM2's chat template (its default system prompt included) each is 38 to 41 tokens, the shape of a
+    small single-answer job where every batch is nearly free of padding."""
+    rng = random.Random(seed)
+    results = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    records = []
+    for _ in range(count):
+        a, b, operator = rng.randint(2, 99), rng.randint(2, 9), rng.choice(tuple(results))
+        records.append({"messages": [{"role": "user", "content": f"{a} {operator} {b} ="},
+                                     {"role": "assistant", "content": str(results[operator](a, b))}]})
     return records

@@ -1,31 +1,42 @@
-"""Training throughput: togi against the plain TRL + PEFT a user would otherwise run.
+"""Training throughput: togi against the plain TRL + PEFT a user would otherwise run, and against LLaMA-Factory.
 
-    .venv/bin/python benchmarks/train_throughput.py              # CPU: a, b, c once (minutes: see RESULTS.md)
-    .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run: 12 examples
-    .venv/bin/python benchmarks/train_throughput.py --repeats 3  # a, b, c, a, b, c, a, b, c: medians
+    make bench-setup                                             # once: LLaMA-Factory's venv, for d
+    .venv/bin/python benchmarks/train_throughput.py              # CPU: a, b, c, d on both shapes (see RESULTS.md)
+    .venv/bin/python benchmarks/train_throughput.py --quick      # smoke run: fewer examples, one round
+    .venv/bin/python benchmarks/train_throughput.py --shape short --variants c,d
+    .venv/bin/python benchmarks/train_throughput.py --repeats 3  # a, b, c, d, a, b, c, d, ...: medians
     .venv/bin/python benchmarks/train_throughput.py --threads 1  # every variant, togi too, on 1 thread
     .venv/bin/python benchmarks/train_throughput.py --device cuda --examples 2000 --baseline-steps 50
 
 One SFT LoRA job, SmolLM2-135M-Instruct with LoRA r=16 on every linear layer of its blocks, the same
-data, maximum length (2,048: no example is cut), learning rate, schedule and batch (4 examples), run
-three ways:
+data, maximum length, learning rate, schedule and batch (``SHAPES``: no example is cut), run four ways:
 
   a  plain TRL ``SFTTrainer`` + PEFT with TRL's defaults: bf16 autocast (``use_cpu=True`` on a CPU, which
      TRL asks for), gradient checkpointing, padded batches in random order;
-  b  plain TRL tuned as a careful user tunes it: the device's right precision (fp32 on a CPU without native
-     bf16, bf16 on a GPU), packing (best-fit-decreasing rows of up to 2,048 tokens, trained padding-free;
-     one row, about 8 examples, per step), no gradient checkpointing;
-  c  togi (``togi.train``) with its defaults for the device.
+  b  plain TRL tuned as a careful user tunes it: the device's right precision (``bf16_is_native``: bf16 on a GPU
+     and on a CPU with native bf16 instructions, as togi chooses; fp32 on other CPUs), packing
+     (best-fit-decreasing rows of up to the maximum length, trained padding-free; one row per step), no
+     gradient checkpointing;
+  c  togi (``togi.train``) with its defaults for the device;
+  d  LLaMA-Factory (``llamafactory_child.py``, in the venv ``make bench-setup`` builds, since it pins its own
+     transformers, peft and trl): the model's own chat template, the device's right precision, no gradient
+     checkpointing, padded batches in random order.
 
-b and c train one epoch over the same examples, so they see exactly the same tokens; a, hundreds of
+Two data shapes, each with its own batch and maximum length, the same for every variant (``--shape``):
+
+  mixed  chat examples of about 45 to 1,500 tokens, most short, with a long tail, Japanese and English;
+         batch 4, maximum length 2,048;
+  short  short uniform calculator chats of about 40 tokens; batch 8, maximum length 256.
+
+b, c and d train one epoch over the same examples, so they see exactly the same tokens; a, hundreds of
 times slower per matrix product in bf16 on a CPU without native bf16, trains ``--baseline-steps``
-steps of its own random order. Throughput counts real tokens only (prompt and answer, never padding),
-from the start of training to the end of the last step. Each variant runs in its own process, so peak
-memory is per variant (peak RSS on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU); with
-``--repeats`` the variants alternate, so that load from other processes falls on all of them alike,
-and each line says how many cores other processes kept busy meanwhile and which torch thread counts
-the variant ran with. The data is built here, deterministically (``chat_data.py``): chat examples of
-about 45 to 1,500 tokens, most short, with a long tail, Japanese and English, in one JSONL file.
+steps of its own random order. Throughput counts real tokens only (prompt and answer, never padding:
+the attention mask's ones, or the length of a padding-free row), from the start of training to the end
+of the last step. Each variant runs in its own process, so peak memory is per variant (peak RSS on a
+CPU, ``torch.cuda.max_memory_allocated`` on a GPU); with ``--repeats`` the variants alternate, so that
+load from other processes falls on all of them alike, and each line says how many cores other
+processes kept busy meanwhile and which torch thread counts the variant ran with. The data is built
+here, deterministically (``chat_data.py``), and written as one JSONL file per shape.
 """
 
 from __future__ import annotations
@@ -40,19 +51,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 
-from chat_data import build_chat_records  # noqa: E402
+from chat_data import build_calculator_records, build_chat_records  # noqa: E402
 
-VARIANTS = {"a": "TRL defaults", "b": "TRL tuned", "c": "togi"}
-BATCH_SIZE = 4
-MAX_LENGTH = 2048
+VARIANTS = {"a": "TRL defaults", "b": "TRL tuned", "c": "togi", "d": "LLaMA-Factory"}
+LLAMAFACTORY_PYTHON = BENCHMARKS / ".venv-llamafactory" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A data shape with the batch and maximum length trained on it: every variant reads them from here."""
+
+    description: str
+    build: Callable[[int, Any], list[dict[str, Any]]]  # (examples, tokenizer) -> chat records
+    examples: int
+    quick_examples: int
+    batch_size: int
+    max_length: int
+
+
+SHAPES = {
+    "mixed": Shape("mixed-length chats, Japanese and English",
+                   lambda count, tokenizer: build_chat_records(count, seed=0, tokenizer=tokenizer),
+                   examples=24, quick_examples=12, batch_size=4, max_length=2048),
+    "short": Shape("short uniform calculator chats", lambda count, tokenizer: build_calculator_records(count, seed=0),
+                   examples=64, quick_examples=16, batch_size=8, max_length=256),
+}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 LEARNING_RATE, SCHEDULER, WARMUP_RATIO, WEIGHT_DECAY, MAX_GRAD_NORM, SEED = 2e-4, "cosine", 0.1, 0.01, 1.0, 42
 # Peak dense bf16 matrix throughput (FLOP/s), for MFU on a GPU.
@@ -61,9 +93,24 @@ GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
 
 # --- one variant, in its own process ---------------------------------------------------------------------
 
-def step_clock(records: list[dict[str, Any]]) -> Any:
+def bf16_is_native(device: str) -> bool:
+    """Whether the device computes bf16 natively: a GPU (the harness runs CUDA GPUs with bf16), or a CPU with
+    AVX512-BF16 or AMX, where bf16 matrix products are faster than fp32 ones; elsewhere on a CPU they are hundreds
+    of times slower. The rule togi's device plan follows, so b and d get the precision c gets."""
+    if device == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def step_clock(records: list[dict[str, Any]], tokens_key: str = "num_tokens") -> Any:
     """A TrainerCallback appending, at the start of training and at every logged step, the wall time and the
-    real tokens seen so far (TRL's ``num_tokens``: attention-mask ones, or the length of a padding-free row)."""
+    real tokens seen so far, the logs' ``tokens_key``: TRL's ``num_tokens`` (attention-mask ones, or the length
+    of a padding-free row), or the Trainer's ``num_input_tokens_seen`` counted as ``"non_padding"`` (also
+    attention-mask ones)."""
     import torch
     from transformers import TrainerCallback
 
@@ -73,13 +120,14 @@ def step_clock(records: list[dict[str, Any]]) -> Any:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                records.append({"step": state.global_step, "time": time.perf_counter(), "tokens_seen": int(logs["num_tokens"]),
+                records.append({"step": state.global_step, "time": time.perf_counter(), "tokens_seen": int(logs[tokens_key]),
                                 "loss": float(logs["loss"]), "threads": torch.get_num_threads()})
 
     return StepClock()
 
 
-def run_trl(variant: str, model_dir: Path, data_file: Path, device: str, baseline_steps: int, work: Path, records: list) -> None:
+def run_trl(variant: str, shape: Shape, model_dir: Path, data_file: Path, device: str, baseline_steps: int, work: Path,
+            records: list) -> None:
     import datasets
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -88,15 +136,15 @@ def run_trl(variant: str, model_dir: Path, data_file: Path, device: str, baselin
     rows = datasets.load_dataset("json", data_files=str(data_file), split="train")
     rows = rows.map(lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}, remove_columns=["messages"])
     settings = dict(
-        output_dir=str(work / "trl"), per_device_train_batch_size=BATCH_SIZE, gradient_accumulation_steps=1, num_train_epochs=1,
+        output_dir=str(work / "trl"), per_device_train_batch_size=shape.batch_size, gradient_accumulation_steps=1, num_train_epochs=1,
         learning_rate=LEARNING_RATE, lr_scheduler_type=SCHEDULER, warmup_steps=WARMUP_RATIO, weight_decay=WEIGHT_DECAY,
-        max_grad_norm=MAX_GRAD_NORM, seed=SEED, max_length=MAX_LENGTH, logging_steps=1, save_strategy="no", report_to="none",
+        max_grad_norm=MAX_GRAD_NORM, seed=SEED, max_length=shape.max_length, logging_steps=1, save_strategy="no", report_to="none",
         disable_tqdm=True, use_cpu=device == "cpu",  # TRL's default bf16 refuses to start on a CPU without use_cpu
     )
     if variant == "a":
         settings.update(max_steps=baseline_steps)
     else:
-        settings.update(bf16=device == "cuda", packing=True, gradient_checkpointing=False, per_device_train_batch_size=1)
+        settings.update(bf16=bf16_is_native(device), packing=True, gradient_checkpointing=False, per_device_train_batch_size=1)
     trainer = SFTTrainer(
         model=str(model_dir), args=SFTConfig(**settings), train_dataset=rows, callbacks=[step_clock(records)],
         peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear",
@@ -105,14 +153,14 @@ def run_trl(variant: str, model_dir: Path, data_file: Path, device: str, baselin
     trainer.train()
 
 
-def run_togi(model_dir: Path, data_file: Path, work: Path, records: list) -> None:
+def run_togi(shape: Shape, model_dir: Path, data_file: Path, work: Path, records: list) -> None:
     from togi import load_config
     from togi.train import train
 
     config = load_config(None, [
         f"model={model_dir}", "method=lora", f"data.train_file={data_file}", f"output_dir={work / 'togi'}", "data.val_ratio=0",
-        f"data.max_length={MAX_LENGTH}", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", f"lora.dropout={LORA['dropout']}",
-        "lora.targets=full", "training.epochs=1", f"training.batch_size={BATCH_SIZE}", "training.gradient_accumulation=1",
+        f"data.max_length={shape.max_length}", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", f"lora.dropout={LORA['dropout']}",
+        "lora.targets=full", "training.epochs=1", f"training.batch_size={shape.batch_size}", "training.gradient_accumulation=1",
         f"training.learning_rate={LEARNING_RATE}", f"training.scheduler={SCHEDULER}", f"training.warmup_ratio={WARMUP_RATIO}",
         f"training.weight_decay={WEIGHT_DECAY}", f"training.max_grad_norm={MAX_GRAD_NORM}", f"training.seed={SEED}",
         "monitoring.samples=0", "monitoring.save_every=1000000",
@@ -129,15 +177,13 @@ def peak_memory_bytes(device: str) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    from togi.models.embedded import ensure_embedded_model
-
-    model_dir = Path(args.model) if args.model else ensure_embedded_model()
     records: list[dict[str, Any]] = []
+    shape = SHAPES[args.shape]
     with tempfile.TemporaryDirectory(prefix=f"togi-bench-{args.child}-") as work:
         if args.child == "c":
-            run_togi(model_dir, Path(args.data), Path(work), records)
+            run_togi(shape, Path(args.model), Path(args.data), Path(work), records)
         else:
-            run_trl(args.child, model_dir, Path(args.data), args.device, args.baseline_steps, Path(work), records)
+            run_trl(args.child, shape, Path(args.model), Path(args.data), args.device, args.baseline_steps, Path(work), records)
     Path(args.result).write_text(json.dumps({"records": records, "peak_memory_bytes": peak_memory_bytes(args.device)}))
 
 
@@ -163,9 +209,14 @@ def children_cpu_ticks() -> int:
     return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
 
 
-def run_variant(variant: str, args: argparse.Namespace, data_file: Path, result_file: Path) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--data", str(data_file), "--result", str(result_file),
-               "--device", args.device, "--baseline-steps", str(args.baseline_steps)] + (["--model", args.model] if args.model else [])
+def run_variant(variant: str, args: argparse.Namespace, shape_name: str, model_dir: Path, data_file: Path,
+                result_file: Path) -> dict[str, Any]:
+    shared = ["--shape", shape_name, "--model", str(model_dir), "--data", str(data_file), "--result", str(result_file),
+              "--device", args.device]
+    if variant == "d":  # under LLaMA-Factory's own venv: it pins its own transformers, peft and trl
+        command = [str(LLAMAFACTORY_PYTHON), str(BENCHMARKS / "llamafactory_child.py"), *shared]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--baseline-steps", str(args.baseline_steps), *shared]
     environment = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     started, machine_before, children_before = time.perf_counter(), machine_cpu_ticks(), children_cpu_ticks()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
@@ -228,23 +279,24 @@ def flops_per_token(model_dir: Path, attention_context: float) -> float:
     return 4 * parameters + attention
 
 
-def compare(args: argparse.Namespace, model_dir: Path, tokenizer: Any, records: list[dict[str, Any]], work: Path) -> None:
-    data_file = work / "chat.jsonl"
+def compare(args: argparse.Namespace, shape_name: str, chosen: list[str], model_dir: Path, tokenizer: Any, work: Path) -> None:
+    """Every chosen variant on one shape's data, alternating over ``--repeats`` rounds, then the shape's table."""
+    shape = SHAPES[shape_name]
+    records = shape.build(args.examples or (shape.quick_examples if args.quick else shape.examples), tokenizer)
+    data_file = work / f"{shape_name}.jsonl"
     data_file.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
     data = data_summary(records, tokenizer)
-    print(f"machine: {machine_description(args.device)}\ndate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
-          f"command: python {' '.join([sys.argv[0]] + sys.argv[1:])}\ncommit: {git_commit()}")
+    print(f"\n## shape {shape_name}: {shape.description}\n")
     print(f"data: {data['examples']} chat examples, {data['tokens']} tokens; per example min {data['min']}, median {data['median']}, "
           f"p90 {data['p90']}, max {data['max']}; {data['answer_share']:.0%} of the tokens are answers (the loss)")
-    threads = f"OMP_NUM_THREADS={args.threads} for all" if args.threads else f"torch's default ({os.cpu_count()} cores)"
-    print(f"job: {model_dir.name} LoRA r={LORA['r']}, batch {BATCH_SIZE}; b and c one epoch, a {args.baseline_steps} step(s); "
-          f"threads: {threads}\n", flush=True)
+    print(f"job: {model_dir.name} LoRA r={LORA['r']} alpha {LORA['alpha']} on every linear layer, batch {shape.batch_size}, maximum length "
+          f"{shape.max_length}; b, c and d one epoch, a {args.baseline_steps} step(s); b and d in "
+          f"{'bf16 (native here)' if bf16_is_native(args.device) else 'fp32 (bf16 is not native here)'}\n", flush=True)
 
-    chosen = [variant for variant in args.variants.split(",") if variant]
     results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in chosen}
     for round_number in range(1, args.repeats + 1):
         for variant in chosen:
-            figures = run_variant(variant, args, data_file, work / f"{variant}-{round_number}.json")
+            figures = run_variant(variant, args, shape_name, model_dir, data_file, work / f"{shape_name}-{variant}-{round_number}.json")
             results[variant].append(figures)
             print(f"round {round_number}, {variant} ({VARIANTS[variant]}): {figures['tokens_per_second']:.1f} tokens/s, "
                   f"{figures['steps']} steps ({figures['tokens']} tokens) in {figures['seconds']:.0f} s, "
@@ -280,32 +332,43 @@ def compare(args: argparse.Namespace, model_dir: Path, tokenizer: Any, records: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--examples", type=int, default=24, help="chat examples: b and c train one epoch over them")
-    parser.add_argument("--baseline-steps", type=int, default=1, help="steps of 4 examples for a")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of a, b, c; the table gives medians")
-    parser.add_argument("--variants", default="a,b,c")
+    parser.add_argument("--shape", choices=("mixed", "short", "both"), default="both", help="the data shape(s): a table each")
+    parser.add_argument("--examples", type=int, help="chat examples per shape, for one epoch of b, c and d (default: mixed "
+                        f"{SHAPES['mixed'].examples}, short {SHAPES['short'].examples})")
+    parser.add_argument("--baseline-steps", type=int, default=1, help="steps of one batch for a")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the variants; the tables give medians")
+    parser.add_argument("--variants", default="a,b,c,d", help="d needs `make bench-setup` first")
     parser.add_argument("--model", help="a local HF model directory (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every variant, togi included (default: torch's, one per "
                         "core; togi then lowers its own count while other processes keep cores busy)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 12 examples, one round")
-    parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke run: one round of fewer examples (mixed "
+                        f"{SHAPES['mixed'].quick_examples}, short {SHAPES['short'].quick_examples})")
+    parser.add_argument("--child", choices=("a", "b", "c"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    chosen = [variant for variant in args.variants.split(",") if variant]
+    if unknown := [variant for variant in chosen if variant not in VARIANTS]:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    if "d" in chosen and not LLAMAFACTORY_PYTHON.exists():
+        sys.exit(f"variant d needs LLaMA-Factory's venv ({LLAMAFACTORY_PYTHON.relative_to(REPO)}): run `make bench-setup` first")
     if args.quick:
-        args.examples, args.repeats = 12, 1
+        args.repeats = 1
 
     from transformers import AutoTokenizer
 
     from togi.models.embedded import ensure_embedded_model
 
-    model_dir = Path(args.model) if args.model else ensure_embedded_model()
+    model_dir = Path(args.model).resolve() if args.model else ensure_embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records = build_chat_records(args.examples, seed=0, tokenizer=tokenizer)
+    threads = f"OMP_NUM_THREADS={args.threads} for all" if args.threads else f"torch's default ({os.cpu_count()} cores)"
+    print(f"machine: {machine_description(args.device)}\ndate: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+          f"command: python {' '.join([sys.argv[0]] + sys.argv[1:])}\ncommit: {git_commit()}\nthreads: {threads}", flush=True)
     with tempfile.TemporaryDirectory(prefix="togi-bench-") as work:
-        compare(args, model_dir, tokenizer, records, Path(work))
+        for shape_name in SHAPES if args.shape == "both" else [args.shape]:
+            compare(args, shape_name, chosen, model_dir, tokenizer, Path(work))
 
 
 if __name__ == "__main__":
