@@ -155,6 +155,20 @@ def build_tiny_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+def tiny_lora_model(tokenizer):
+    """The tiny Llama with LoRA (r=4, no dropout) on every linear layer, its B matrices non-zero so the adapters matter."""
+    import peft
+    import torch
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(build_tiny_model(tokenizer), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    for name, parameter in model.named_parameters():  # B starts at zero
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama saved with its tokenizer: a local model directory for `model:`."""

@@ -16,7 +16,7 @@ from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
 from togi.train.library_adapters import attention_implementation
 from togi.train.loss import compact_lm_loss, supports_compact_loss
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, tiny_lora_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -45,18 +45,6 @@ def padding_free_batch(examples, pad_token_id: int) -> dict[str, torch.Tensor]:
     return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)(examples)
 
 
-def lora_model(tokenizer):
-    import peft
-
-    torch.manual_seed(0)
-    model = peft.get_peft_model(build_tiny_model(tokenizer), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
-    for name, parameter in model.named_parameters():  # B starts at zero; make the adapters matter
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.1)
-    return model
-
-
 def plain_loss_and_gradients(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     """transformers' own loss: full logits, shifted labels, mean over labelled positions."""
     model.zero_grad()
@@ -83,7 +71,7 @@ def assert_same(expected, actual) -> None:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_labelled_positions_only_loss_equals_the_full_logits_loss(tokenizer, method):
-    model = lora_model(tokenizer) if method == "lora" else build_tiny_model(tokenizer)
+    model = tiny_lora_model(tokenizer) if method == "lora" else build_tiny_model(tokenizer)
     assert supports_compact_loss(model)
     batch = padded_batch(fixed_examples(), tokenizer.pad_token_id)
     assert (batch["labels"] == IGNORE).float().mean() > 0.3  # prompts and padding: many positions carry no loss
@@ -92,7 +80,7 @@ def test_labelled_positions_only_loss_equals_the_full_logits_loss(tokenizer, met
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_padding_free_batch_with_per_example_attention_equals_the_padded_batch(tokenizer, method):
-    model = lora_model(tokenizer) if method == "lora" else build_tiny_model(tokenizer)
+    model = tiny_lora_model(tokenizer) if method == "lora" else build_tiny_model(tokenizer)
     examples = fixed_examples()
     expected = plain_loss_and_gradients(model, padded_batch(examples, tokenizer.pad_token_id))
     with per_example_attention(model):
@@ -122,7 +110,7 @@ def test_the_trainer_loss_equals_trls_own_on_the_same_batch(tmp_path, tokenizer)
     examples = fixed_examples()
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, padding_free=True, max_length=None, report_to=[],
                      per_device_train_batch_size=3, gradient_checkpointing=False)
-    trainer = _trainer_class(SFTTrainer)(model=lora_model(tokenizer), args=args, processing_class=tokenizer,
+    trainer = _trainer_class(SFTTrainer)(model=tiny_lora_model(tokenizer), args=args, processing_class=tokenizer,
                                          train_dataset=datasets.Dataset.from_list(examples))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     with per_example_attention(trainer.model):

@@ -18,7 +18,7 @@ from togi.train import train
 from togi.train.loss import compact_lm_loss
 from togi.train.micro_batches import example_groups, split_padding_free_batch
 
-from conftest import build_tiny_model, distinct_chats, write_jsonl
+from conftest import distinct_chats, tiny_lora_model, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -79,14 +79,7 @@ def test_a_batch_that_fits_or_is_not_a_single_padding_free_row_is_left_whole():
 
 @pytest.mark.parametrize("weights", [False, True])
 def test_the_pieces_loss_and_gradients_add_up_to_the_whole_batchs(tokenizer, weights):
-    import peft
-
-    torch.manual_seed(0)
-    model = peft.get_peft_model(build_tiny_model(tokenizer), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                            task_type="CAUSAL_LM"))
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.1)
+    model = tiny_lora_model(tokenizer)
     model.train()
     batch = padding_free_batch(weights)
     labelled = int((batch["labels"][:, 1:] != -100).sum())

@@ -20,7 +20,7 @@ from togi.train.attention import per_example_attention
 from togi.train.loss import compact_lm_loss
 from togi.train.shared_prefix import MIN_SHARED_PREFIX, SHARED_PREFIX, real_tokens, share_common_prefix, shareable_prefix_length
 
-from conftest import build_tiny_model, chat, write_jsonl
+from conftest import chat, tiny_lora_model, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -82,14 +82,7 @@ def test_rows_without_a_long_enough_common_prefix_or_with_one_example_are_left_a
 
 
 def test_the_shared_rows_loss_and_gradients_equal_those_of_a_copy_per_example(tokenizer):
-    import peft
-
-    torch.manual_seed(0)
-    model = peft.get_peft_model(build_tiny_model(tokenizer), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                            task_type="CAUSAL_LM"))
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.1)
+    model = tiny_lora_model(tokenizer)
     model.train()
 
     def loss_and_gradients(batch):
