@@ -93,6 +93,11 @@ def child(variant: str, data_dir: Path, overrides: list[str], result: Path) -> N
     sft.tokenize_examples = marked(sft.tokenize_examples, "tokenize")
     sft.load_causal_lm = marked(sft.load_causal_lm, "load model")
     sft.sample_generations = marked(sft.sample_generations, "sampling")
+    if variant in ("no-sharing", "one-pass"):
+        if variant == "no-sharing":
+            sft.share_common_prefix = lambda batch: batch
+        else:
+            overrides = [*overrides, "training.micro_batch_tokens=null"]
     if variant == "before":
         import_module("togi.train.cpu_lora").use_cpu_lora_layers = lambda peft_config: peft_config
         overrides = [*overrides, "training.micro_batch_tokens=null"]

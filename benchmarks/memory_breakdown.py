@@ -47,6 +47,12 @@ VARIANTS = {
     "togi + checkpointing": ({"checkpointing": True}, {}),
     "togi + mmap-128k": ({}, {"MALLOC_MMAP_THRESHOLD_": "131072"}),
     "togi + trim": ({"trim": True}, {}),
+    "bf16 before": ({"bf16": True, "peft_lora": True, "micro_batch_tokens": None}, {}),
+    "bf16 cpu-lora": ({"bf16": True, "micro_batch_tokens": None}, {}),
+    "bf16 togi": ({"bf16": True}, {}),
+    "bf16 togi 1024": ({"bf16": True, "micro_batch_tokens": 1024}, {}),
+    "bf16 togi prefix": ({"bf16": True, "prefix": 50, "share": True}, {}),
+    "bf16 togi prefix noshare": ({"bf16": True, "prefix": 50}, {}),
 }
 
 
@@ -68,6 +74,7 @@ def measure(options: dict, steps: int) -> dict:
     from togi.train.cpu_lora import use_cpu_lora_layers
     from togi.train.loss import compact_lm_loss
     from togi.train.micro_batches import split_padding_free_batch
+    from togi.train.shared_prefix import share_common_prefix
 
     model = AutoModelForCausalLM.from_pretrained(ensure_embedded_model(), dtype=torch.float32, attn_implementation="sdpa")
     lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=options.get("lora_dropout", 0.05), target_modules="all-linear",
@@ -81,13 +88,15 @@ def measure(options: dict, steps: int) -> dict:
     model.train()
     generator = torch.Generator().manual_seed(0)
     examples = []
+    system_prompt = torch.randint(100, 40000, (options.get("prefix", 0),), generator=generator).tolist()
     for length in LENGTHS:
         ids = torch.randint(100, 40000, (length,), generator=generator).tolist()
+        ids[: len(system_prompt)] = system_prompt
         examples.append({"input_ids": ids, "labels": [-100] * (length // 2) + ids[length // 2:]})
     # The padding-free row exactly as togi's trainer gets it from TRL's collator: with each example's bounds
     # (cu_seq_lens_*), which togi's per-example attention needs.
     batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
-    budget = options.get("micro_batch_tokens", CPU_MICRO_BATCH_TOKENS)
+    budget = options.get("micro_batch_tokens", CPU_MICRO_BATCH_TOKENS["bf16" if options.get("bf16") else "fp32"])
     rows = split_padding_free_batch(batch, budget) if budget else [batch]
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     import ctypes
@@ -98,7 +107,9 @@ def measure(options: dict, steps: int) -> dict:
     for _ in range(steps + 1):
         start = time.perf_counter()
         for row in rows:
-            with per_example_attention(model):
+            if options.get("share"):
+                row = share_common_prefix(row)
+            with per_example_attention(model), torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.get("bf16", False)):
                 loss = compact_lm_loss(model, row, num_items_in_batch=labelled).loss
             after_forward = max(after_forward, rss_mb())
             loss.backward()

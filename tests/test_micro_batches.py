@@ -138,9 +138,10 @@ def test_auto_splits_on_a_cpu_only_and_a_non_positive_budget_is_refused():
 
     config = load_config(None, ["model=x", "data.train_file=a.jsonl"])
     assert config.training.micro_batch_tokens == "auto"
-    plans = {"cpu": DevicePlan("cpu", "fp32", "test"), "cuda": DevicePlan("cuda", "bf16", "test")}
-    assert _micro_batch_tokens(config, plans["cpu"], padding_free=True) == CPU_MICRO_BATCH_TOKENS
-    assert _micro_batch_tokens(config, plans["cuda"], padding_free=True) is None
-    assert _micro_batch_tokens(config, plans["cpu"], padding_free=False) is None
+    cpu, bf16_cpu, cuda = DevicePlan("cpu", "fp32", "test"), DevicePlan("cpu", "bf16", "test"), DevicePlan("cuda", "bf16", "test")
+    assert _micro_batch_tokens(config, cpu, padding_free=True) == CPU_MICRO_BATCH_TOKENS["fp32"] == 512
+    assert _micro_batch_tokens(config, bf16_cpu, padding_free=True) == CPU_MICRO_BATCH_TOKENS["bf16"] == 1024
+    assert _micro_batch_tokens(config, cuda, padding_free=True) is None
+    assert _micro_batch_tokens(config, cpu, padding_free=False) is None
     with pytest.raises(ConfigError, match="training.micro_batch_tokens"):
         load_config(None, ["model=x", "data.train_file=a.jsonl", "training.micro_batch_tokens=0"])

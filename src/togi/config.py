@@ -65,9 +65,10 @@ def methods_where(**traits: bool) -> tuple[str, ...]:
     """The methods with these traits, in the table's order: ``methods_where(preference=True)``."""
     return tuple(name for name, trait in METHODS.items() if all(getattr(trait, key) == value for key, value in traits.items()))
 MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
-# training.micro_batch_tokens "auto" on a CPU: the passes stay fast and a pass holds about 0.7 GB of activations for a
-# 135M model (benchmarks/RESULTS.md, "where a step's memory goes").
-CPU_MICRO_BATCH_TOKENS = 512
+# training.micro_batch_tokens "auto" on a CPU (benchmarks/RESULTS.md, the demo's memory): where it computes in fp32,
+# passes of 512 tokens are faster than one large pass and hold a third of the memory; under bf16 autocast (a CPU with
+# native bf16) passes that small cost time, and 1,024-token passes keep the speed of one pass at half its memory.
+CPU_MICRO_BATCH_TOKENS = {"fp32": 512, "bf16": 1024}
 
 
 class _Section(BaseModel):
@@ -155,7 +156,8 @@ class TrainingSettings(_Section):
     micro_batch_tokens: Union[int, Literal["auto"], None] = Field(
         "auto", description="the most tokens one forward and backward pass takes: a padding-free batch with more is split at "
         "example boundaries and its gradients added up before the optimizer step (the same step, less memory); auto: "
-        f"{CPU_MICRO_BATCH_TOKENS} on a CPU, no split on a GPU; null: never split")
+        f"{CPU_MICRO_BATCH_TOKENS['fp32']} on a CPU computing in fp32, {CPU_MICRO_BATCH_TOKENS['bf16']} under bf16 autocast, "
+        "no split on a GPU; null: never split")
 
     @field_validator("micro_batch_tokens")
     @classmethod

@@ -140,10 +140,10 @@ def train_sft(
 
 
 def _micro_batch_tokens(config: TrainConfig, plan: DevicePlan, padding_free: bool) -> int | None:
-    """training.micro_batch_tokens resolved: "auto" splits padding-free batches on a CPU only."""
+    """training.micro_batch_tokens resolved: "auto" splits padding-free batches on a CPU only, by its precision."""
     setting = config.training.micro_batch_tokens
     if setting == "auto":
-        return CPU_MICRO_BATCH_TOKENS if plan.device == "cpu" and padding_free else None
+        return CPU_MICRO_BATCH_TOKENS.get(plan.precision) if plan.device == "cpu" and padding_free else None
     return setting if padding_free else None
 
 
