@@ -99,7 +99,7 @@ def main() -> None:
             dataset=DATASET, dataset_dir=work, cutoff_len=shape.max_length, output_dir=str(Path(work) / "out"),
             per_device_train_batch_size=shape.batch_size, gradient_accumulation_steps=1, num_train_epochs=1,
             learning_rate=LEARNING_RATE, lr_scheduler_type=SCHEDULER, warmup_steps=WARMUP_RATIO, weight_decay=WEIGHT_DECAY,
-            max_grad_norm=MAX_GRAD_NORM, seed=SEED, bf16=bf16_is_native(args.device), disable_gradient_checkpointing=True,
+            max_grad_norm=MAX_GRAD_NORM, seed=SEED, bf16=bf16_is_native(args.device), use_cpu=args.device == "cpu", disable_gradient_checkpointing=True,
             include_num_input_tokens_seen="non_padding", logging_steps=1, save_strategy="no", report_to="none",
             disable_tqdm=True,
         ), callbacks=[same_tokens_check(model_dir, data_file), step_clock(records, tokens_key="num_input_tokens_seen")])
