@@ -143,5 +143,7 @@ def test_auto_splits_on_a_cpu_only_and_a_non_positive_budget_is_refused():
     assert _micro_batch_tokens(config, bf16_cpu, padding_free=True) == CPU_MICRO_BATCH_TOKENS["bf16"] == 1024
     assert _micro_batch_tokens(config, cuda, padding_free=True) is None
     assert _micro_batch_tokens(config, cpu, padding_free=False) is None
-    with pytest.raises(ConfigError, match="training.micro_batch_tokens"):
+    with pytest.raises(ConfigError, match="training.micro_batch_tokens: 0 tokens: a pass needs at least one token"):
         load_config(None, ["model=x", "data.train_file=a.jsonl", "training.micro_batch_tokens=0"])
+    with pytest.raises(ConfigError, match="'lots' is not a number of tokens: use a number such as 1024, auto, or null"):
+        load_config(None, ["model=x", "data.train_file=a.jsonl", "training.micro_batch_tokens=lots"])

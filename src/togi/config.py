@@ -159,10 +159,15 @@ class TrainingSettings(_Section):
         f"{CPU_MICRO_BATCH_TOKENS['fp32']} on a CPU computing in fp32, {CPU_MICRO_BATCH_TOKENS['bf16']} under bf16 autocast, "
         "no split on a GPU; null: never split")
 
-    @field_validator("micro_batch_tokens")
+    @field_validator("micro_batch_tokens", mode="before")
     @classmethod
-    def _positive_micro_batch(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, int) and value <= 0:
+    def _tokens_auto_or_null(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a number of tokens: use a number such as 1024, auto, or null (never split a batch)") from None
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             raise ValueError(f"{value} tokens: a pass needs at least one token (or auto, or null for never splitting a batch)")
         return value
 
