@@ -180,6 +180,25 @@ def test_the_job_page_shows_checkpoints_events_the_result_file_and_the_model_id(
     expect(page.locator(".facts button.copy")).to_have_text("copied")
 
 
+def test_a_late_reply_for_the_page_left_behind_never_overwrites_the_page_shown(job_from_the_page, visitor, keys):
+    """Signing in opens the job list; going straight to a job before the list's reply arrives must leave the
+    job's page in place when that reply lands late (it used to replace the page with an error box)."""
+    page = visitor.page
+    held = []
+    page.route("**/v1/fine_tuning/jobs?*", lambda route: held.append(route))  # held: no reply until released
+    visitor.sign_in(keys["acme"])
+    expect(page.locator("#jobs-table")).to_be_visible()
+    visitor.go(f"#/jobs/{job_from_the_page['job_id']}")
+    expect(page.locator("text=Chat with it")).to_be_visible()
+    assert held, "the job list never asked for its jobs"
+    with page.expect_response(lambda response: "/v1/fine_tuning/jobs?" in response.url):
+        for route in held:
+            route.continue_()
+    page.wait_for_timeout(500)  # the late reply's handler has run by now
+    expect(page.locator("text=Chat with it")).to_be_visible()
+    assert page.locator("#main .error").count() == 0 and page.locator("#jobs-table").count() == 0
+
+
 def test_the_playground_streams_answers_from_the_base_and_the_tuned_model_side_by_side(job_from_the_page, visitor, server, keys):
     client = server.client(keys["acme"])
     tuned = client.fine_tuning.jobs.retrieve(job_from_the_page["job_id"]).fine_tuned_model

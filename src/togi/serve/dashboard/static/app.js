@@ -160,8 +160,10 @@ async function route(reason) {
   $("#who").hidden = false;
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("active", link.dataset.page === (page || "jobs"));
   api("/dashboard/api/whoami").then((who) => { $("#who-org").textContent = `organization: ${who.organization}`; }).catch(() => {});
-  const main = $("#main");
-  main.replaceChildren(el("p", { class: "hint", text: "loading…" }));
+  // Each navigation renders into its own view: a slow reply or a late error of the page before lands in that
+  // page's detached view, never on top of this one.
+  const main = el("div", { class: "view" }, el("p", { class: "hint", text: "loading…" }));
+  $("#main").replaceChildren(main);
   const pages = { jobs: id ? () => jobPage(main, id) : () => jobsPage(main), new: () => newJobPage(main),
     playground: () => playgroundPage(main), evaluate: () => evaluatePage(main) };
   try {
@@ -190,7 +192,7 @@ async function jobsPage(main) {
     return jobs;
   }
   const jobs = await refresh();
-  if (jobs.some((job) => !TERMINAL.includes(job.status))) every(3000, refresh);
+  if (jobs && jobs.some((job) => !TERMINAL.includes(job.status))) every(3000, refresh);
 }
 
 function fileChooser(id, labelText, hintText, onUploaded) {
