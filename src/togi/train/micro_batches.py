@@ -21,9 +21,19 @@ import torch
 
 from togi.train.label_weights import LABEL_WEIGHTS
 
-# The keys of TRL's padding-free batches, and togi's per-token loss weights; a batch with any other key is not split.
-_PER_TOKEN = ("input_ids", "labels", "position_ids", "seq_idx", LABEL_WEIGHTS)
+# The keys of TRL's padding-free batches, and togi's per-token loss weights; a batch with any other key is left alone.
+PER_TOKEN_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", LABEL_WEIGHTS)
 _BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def example_starts(batch: dict[str, Any]) -> list[int] | None:
+    """Each example's first index in a padding-free row, then the row's end; None unless the batch is a single
+    padding-free row of known keys (``micro_batches`` and ``shared_prefix`` rewrite nothing else)."""
+    bounds = batch.get("cu_seq_lens_q")
+    if (bounds is None or set(batch) - set(PER_TOKEN_KEYS) - set(_BOUNDS) or batch["input_ids"].shape[0] != 1
+            or not torch.equal(bounds, batch.get("cu_seq_lens_k", bounds))):
+        return None
+    return bounds.tolist()
 
 
 def example_groups(lengths: list[int], max_tokens: int, shared_prefix: int = 0) -> list[tuple[int, int]]:
@@ -46,18 +56,17 @@ def split_padding_free_batch(batch: dict[str, Any], max_tokens: int, shared_pref
     """The batch as consecutive padding-free batches of at most ``max_tokens`` tokens each (see the module's
     docstring; ``shared_prefix`` as in ``example_groups``); ``[batch]`` itself when it fits, or when it is not a
     single padding-free row of known keys."""
-    bounds = batch.get("cu_seq_lens_q")
-    if (bounds is None or set(batch) - set(_PER_TOKEN) - set(_BOUNDS) or batch["input_ids"].shape[0] != 1
-            or not torch.equal(bounds, batch.get("cu_seq_lens_k", bounds))):
+    starts = example_starts(batch)
+    if starts is None:
         return [batch]
-    starts = bounds.tolist()
+    bounds = batch["cu_seq_lens_q"]
     groups = example_groups([end - start for start, end in zip(starts, starts[1:])], max_tokens, shared_prefix)
     if len(groups) == 1:
         return [batch]
     pieces = []
     for first, end in groups:
         begin, stop = starts[first], starts[end]
-        piece = {key: batch[key][:, begin:stop] for key in _PER_TOKEN if key in batch}
+        piece = {key: batch[key][:, begin:stop] for key in PER_TOKEN_KEYS if key in batch}
         piece_bounds = bounds[first : end + 1] - begin
         piece["cu_seq_lens_q"] = piece["cu_seq_lens_k"] = piece_bounds
         piece["max_length_q"] = piece["max_length_k"] = int(piece_bounds.diff().max())

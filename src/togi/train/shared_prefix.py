@@ -21,13 +21,11 @@ from typing import Any
 
 import torch
 
-from togi.train.label_weights import LABEL_WEIGHTS
+from togi.train.data import IGNORE_INDEX
+from togi.train.micro_batches import PER_TOKEN_KEYS, example_starts
 
 SHARED_PREFIX = "shared_prefix_length"  # the batch key sdpa_per_example reads
 MIN_SHARED_PREFIX = 8  # tokens; below this the saving does not pay for the extra attention calls
-IGNORE_INDEX = -100
-_PER_TOKEN = ("input_ids", "labels", "position_ids", "seq_idx", LABEL_WEIGHTS)
-_KNOWN = (*_PER_TOKEN, "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def shareable_prefix_length(input_ids: torch.Tensor, labels: torch.Tensor, starts: list[int]) -> int:
@@ -48,18 +46,12 @@ def shareable_prefix_length(input_ids: torch.Tensor, labels: torch.Tensor, start
     return max(shared, 0)
 
 
-def _padding_free_bounds(batch: dict[str, Any]) -> list[int] | None:
-    """The example bounds of a single padding-free row of known keys with two examples or more, else None."""
-    bounds = batch.get("cu_seq_lens_q")
-    if bounds is None or set(batch) - set(_KNOWN) or batch["input_ids"].shape[0] != 1 or len(bounds) < 3:
-        return None
-    return bounds.tolist()
-
-
 def shared_prefix_length(batch: dict[str, Any]) -> int:
     """The prefix ``share_common_prefix`` would lay out once for this batch, or 0."""
-    starts = _padding_free_bounds(batch)
-    shared = shareable_prefix_length(batch["input_ids"][0], batch["labels"][0], starts) if starts else 0
+    starts = example_starts(batch)
+    if starts is None or len(starts) < 3:  # one example has no one to share with
+        return 0
+    shared = shareable_prefix_length(batch["input_ids"][0], batch["labels"][0], starts)
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
@@ -74,7 +66,7 @@ def share_common_prefix(batch: dict[str, Any]) -> dict[str, Any]:
     kept = torch.ones(batch["input_ids"].shape[1], dtype=torch.bool)
     for start in starts[1:-1]:
         kept[start : start + shared] = False
-    rewritten = {key: batch[key][:, kept] for key in _PER_TOKEN if key in batch}
+    rewritten = {key: batch[key][:, kept] for key in PER_TOKEN_KEYS if key in batch}
     remainders = [end - start - shared for start, end in zip(starts, starts[1:])]
     new_bounds = torch.tensor([0, *torch.tensor([shared, *remainders]).cumsum(0).tolist()], dtype=bounds.dtype)
     rewritten["cu_seq_lens_q"] = rewritten["cu_seq_lens_k"] = new_bounds
