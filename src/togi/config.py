@@ -428,7 +428,8 @@ class ConfigIssue:
 class ConfigError(TogiError):
     """A recipe with problems: each issue names its field, its line in the recipe file where there is one, and a hint."""
 
-    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+    def __init__(self, source: str, issues: list[ConfigIssue], what: str = "recipe") -> None:
+        self.what = what  # the kind of file: a recipe, or togi tune's search space
         super().__init__(f"{source}: " + "; ".join(str(issue) for issue in issues),
                          issues[0].hint if len(issues) == 1 else "each issue names its field and its own hint")
         self.source = source
@@ -531,7 +532,7 @@ def _issue(error: dict[str, Any], text: str, recipe: type[TrainConfig]) -> Confi
         hint = f"quote the value: {location[-1]}: '{key}: {value}' in a recipe, or --set \"{path}='{key}: {value}'\""
     elif kind.endswith(("_type", "_parsing")):
         hint = f"check the type of {path}: {message.lower()}"
-    return ConfigIssue(path=path, message=message, hint=hint, line=_line_of(text, location))
+    return ConfigIssue(path=path, message=message, hint=hint, line=yaml_key_line(text, location))
 
 
 # Names other tools (TRL, PEFT, Axolotl, LLaMA-Factory) use for togi's keys.
@@ -557,7 +558,7 @@ def _section_model(location: list[str], recipe: type[TrainConfig]) -> type[BaseM
     return model
 
 
-def _line_of(text: str, location: list[str]) -> int | None:
+def yaml_key_line(text: str, location: list[str]) -> int | None:
     """The 1-based line of a key path in the recipe's YAML, when the recipe sets it."""
     if not text:
         return None

@@ -19,6 +19,7 @@ from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
 from togi.cli.terminal import echo, styled
 from togi.cli.train import train_command
+from togi.cli.tune import tune_command
 from togi.version import __version__
 from togi.config import ConfigError
 from togi.errors import TogiError
@@ -27,8 +28,8 @@ BUG_NOTE = "togi: this is a bug in togi, not a problem with your input; please r
 
 
 def render_config_error(error: ConfigError) -> typer.Exit:
-    """Every problem of a recipe, each at its field and line with its own hint."""
-    errors.print(Text(f"togi: the recipe has {len(error.issues)} problem(s) ({error.source}):", style="bold red"), soft_wrap=True)
+    """Every problem of a recipe (or a search space), each at its field and line with its own hint."""
+    errors.print(Text(f"togi: the {error.what} has {len(error.issues)} problem(s) ({error.source}):", style="bold red"), soft_wrap=True)
     for issue in error.issues:
         where = f"{error.source}:{issue.line} " if issue.line else ""
         errors.print(Text(f"  {where}{issue.path}: {issue.message}", style="red"), soft_wrap=True)
@@ -72,6 +73,7 @@ data.app.command("prefs")(prefs_command)
 data.app.command("augment")(augment_command)
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
+app.command("tune")(tune_command)
 app.add_typer(eval_app, name="eval")
 app.command("export")(export_command)
 app.command("chat")(chat_command)
