@@ -171,6 +171,23 @@ def test_full_training_learns_and_predict_agrees_with_the_last_evaluation(tmp_pa
     assert sum(p.label == row["label"] for p, row in zip(predictions, val)) / len(val) == pytest.approx(result.scores["accuracy"])
 
 
+@pytest.mark.parametrize(("loss", "options"), [("focal", {"gamma": 2.0}), ("contrastive", {"margin": 1.0})])
+def test_a_classifier_learns_with_the_focal_or_the_contrastive_loss_and_records_it(tmp_path, bert_dir, keyword_file, loss, options):
+    """training.loss on a classifier: the training steps take it (the first step's loss is the built-in's value, not
+    cross-entropy's), the evaluations keep the plain loss, and the classifier still learns the keyword task."""
+    config = classifier_config(tmp_path, bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS, f"training.loss={loss}",
+                               f"training.loss_options={json.dumps(options)}")
+    result = train(config, log=lambda message: None)
+    assert json.loads((result.run_dir / "run.json").read_text())["loss"] == {"name": loss, "options": options}
+    plain_first = train(classifier_config(tmp_path / "plain", bert_dir, keyword_file, *FULL_TRAINING_THAT_LEARNS, "training.epochs=1"),
+                        log=lambda message: None)
+    first = [record["train_loss"] for record in records(result.run_dir) if "train_loss" in record][0]
+    plain = [record["train_loss"] for record in records(plain_first.run_dir) if "train_loss" in record][0]
+    assert first < plain  # focal's (1-p)^2 and the contrastive distances are both below cross-entropy at the start
+    if loss == "focal":
+        assert result.scores["accuracy"] >= 0.75 > result.scores["majority_baseline"]
+
+
 def test_lora_saves_an_adapter_with_the_head_that_peft_loads(tmp_path, bert_dir, keyword_file):
     from peft import AutoPeftModelForSequenceClassification
 

@@ -69,6 +69,7 @@ MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 0.1
 # passes of 512 tokens are faster than one large pass and hold a third of the memory; under bf16 autocast (a CPU with
 # native bf16) passes that small cost time, and 1,024-token passes keep the speed of one pass at half its memory.
 CPU_MICRO_BATCH_TOKENS = {"fp32": 512, "bf16": 1024}
+BUILT_IN_LOSSES = ("label_smoothing", "focal", "contrastive")  # training.loss; togi.train.custom_loss has them
 
 
 class _Section(BaseModel):
@@ -158,6 +159,25 @@ class TrainingSettings(_Section):
         "example boundaries and its gradients added up before the optimizer step (the same step, less memory); auto: "
         f"{CPU_MICRO_BATCH_TOKENS['fp32']} on a CPU computing in fp32, {CPU_MICRO_BATCH_TOKENS['bf16']} under bf16 autocast, "
         "no split on a GPU; null: never split")
+
+    loss: str | None = Field(None, description="the training loss in place of cross-entropy: label_smoothing, focal, contrastive "
+                             "(a classifier's pairs of texts), or a function of your own as module:function or path/to/file.py:function, "
+                             "called as loss(outputs, labels, batch, **loss_options) and returning the batch's mean (see togi.train.custom_loss)")
+    loss_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of training.loss, e.g. {smoothing: 0.2}")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_reference(cls, value: str | None) -> str | None:
+        if value is not None and value not in BUILT_IN_LOSSES and ":" not in value:
+            raise ValueError(f"{value!r} is neither a built-in loss ({', '.join(BUILT_IN_LOSSES)}) nor module:function")
+        return value
+
+    @model_validator(mode="after")
+    def _options_need_a_loss(self) -> TrainingSettings:
+        if self.loss_options and self.loss is None:
+            raise RecipeRuleError("training.loss_options", "are given, but training.loss names no loss to take them",
+                                  f"set training.loss ({', '.join(BUILT_IN_LOSSES)}, or module:function)")
+        return self
 
     @field_validator("micro_batch_tokens", mode="before")
     @classmethod
@@ -288,6 +308,16 @@ class TrainConfig(_Section):
                 raise RecipeRuleError("data.label_loss_weight", f"weights the next-token loss of supervised fine-tuning, not {self.task} "
                                       f"{self.stage} training with method {self.method}", "drop it, or train with stage sft and a method "
                                       "that changes the model's weights (lora, dora, full, freeze, ...)")
+        if self.training.loss is not None and (isinstance(self, PreferenceConfig) or self.traits.virtual_tokens):
+            raise RecipeRuleError("training.loss", f"replaces the loss of supervised fine-tuning or of a classifier, not of {self.task} "
+                                  f"{self.stage} training with method {self.method}", "drop it, or train with stage sft and a method that "
+                                  "changes the model's weights (lora, dora, full, freeze, ...)")
+        if self.training.loss is not None and self.data.label_loss_weight != 1:
+            raise RecipeRuleError("data.label_loss_weight", "weights togi's own next-token loss, which training.loss replaces",
+                                  "weigh the label's tokens inside your loss, or drop one of the two")
+        if self.training.loss == "contrastive" and self.task != "classification":
+            raise RecipeRuleError("training.loss", "contrastive compares pairs of texts by a classifier's outputs",
+                                  "train task classification, or choose label_smoothing or focal for a chat model")
         if monitoring.watches_the_task and not isinstance(self, ChatConfig):
             raise RecipeRuleError("monitoring.eval_metric", f"scores generated answers, which {self.task} {self.stage} training does not give",
                                   "drop eval_metric (a classifier reports accuracy and macro-F1 at each evaluation already)")

@@ -26,6 +26,7 @@ from togi.train.result import RunResult
 from togi.train.classification_data import load_classification_data, save_split, tokenize_labelled
 from togi.train.classifier import HeadOnFeatures, apply_classifier_method, head_features, load_classifier
 from togi.train.methods import count_parameters
+from togi.train.custom_loss import with_custom_loss
 from togi.train.session import TrainingSession
 
 FEATURE_BATCH = 32  # examples per pass when a frozen model computes the head's features
@@ -69,6 +70,7 @@ def train_classifier(config: TrainConfig, *, resume_dir: Path | str | None = Non
 
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks, resumable=False)
     run, plan, warn = session.run, session.plan, session.warn
+    custom_loss = session.custom_loss()  # training.loss: found and its signature checked before any model loads
     source = resolve_model(config.model, log)
     tokenizer = load_tokenizer(config.model, log)
     if tokenizer.pad_token is None:  # decoders have none; batches of texts of several lengths need one
@@ -103,9 +105,11 @@ def train_classifier(config: TrainConfig, *, resume_dir: Path | str | None = Non
         trained, collator, train_set = HeadOnFeatures(model.get_submodule(head[0])), default_data_collator, features
         val_set = head_features(model, head, val_set, tokenizer, batch_size=FEATURE_BATCH, device=plan.device) if val_set else None
 
-    trainer = Trainer(model=trained, args=_arguments(config, plan, run, has_val=val_set is not None, by_length=features is None),
+    trainer = (with_custom_loss(Trainer, custom_loss) if custom_loss else Trainer)(model=trained, args=_arguments(config, plan, run, has_val=val_set is not None, by_length=features is None),
                       train_dataset=train_set, eval_dataset=val_set, data_collator=collator, compute_metrics=label_scores(data.labels),
                       callbacks=session.callbacks(has_val=val_set is not None, extra=[EpochReport(log)]))
+    if custom_loss:
+        session.dry_run_loss(custom_loss, trainer, train_set)
     output = session.train(trainer)
 
     if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from togi.config import TrainConfig
 from togi.models.device import DevicePlan, plan_device
@@ -36,6 +36,9 @@ from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
 from togi.train.methods import ParameterCount
 from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card
 from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
+
+if TYPE_CHECKING:
+    from togi.train.custom_loss import CustomLoss
 
 OOM_REMEDIES = (
     "halve training.batch_size and double training.gradient_accumulation (same effective batch); "
@@ -60,6 +63,7 @@ class TrainingSession:
         self.warnings: list[str] = []
         self.guard = HealthGuard(self.warn)
         self.recorder: MetricsRecorder | None = None
+        self.loss: CustomLoss | None = None
         self.started = time.perf_counter()
 
     @classmethod
@@ -99,11 +103,44 @@ class TrainingSession:
                                          "start a new run instead", self.run.path)
         return fingerprints
 
+    def custom_loss(self) -> CustomLoss | None:
+        """training.loss, found and its signature checked (before any model loads); run.json records it. A resumed run
+        whose loss file changed since it started is warned about: its steps before and after differ in what they minimised."""
+        if self.config.training.loss is None:
+            return None
+        from togi.train.custom_loss import load_custom_loss
+
+        self.loss = load_custom_loss(self.config.training.loss, self.config.training.loss_options)
+        before = self.run.info.get("loss", {}).get("sha256") if self.resuming else None
+        now = self.loss.record().get("sha256")
+        if before and now != before:
+            self.warn(f"training.loss: {self.loss.source} changed since this run started; the resumed steps minimise the new version")
+        self.log(f"training loss: {self.loss.reference}" + (f" {self.loss.options}" if self.loss.options else "")
+                 + " (training.loss; the eval loss stays the model's own)")
+        return self.loss
+
+    def dry_run_loss(self, loss: CustomLoss, trainer: Any, dataset: Any) -> None:
+        """The loss run once on a batch of the first training examples, as the trainer's collator makes it, before
+        the first step; the random state is left as it was, so the run is the one it would have been."""
+        import torch
+
+        batch = trainer._prepare_inputs(trainer.data_collator([dataset[index] for index in range(min(2, len(dataset)))]))
+        model = trainer.model
+        was_training = model.training
+        model.train()
+        try:
+            with torch.random.fork_rng(devices=[]), trainer.autocast_smart_context_manager():
+                loss.dry_run(model, batch)
+        finally:
+            model.train(was_training)
+
     def start(self, **facts: Any) -> None:
-        """Write the recipe and run.json's first record (``facts`` beside the method, model, device and versions);
-        when resuming, forget the metrics a killed run logged after its last checkpoint."""
+        """Write the recipe and run.json's first record (``facts`` beside the method, model, device and versions, and
+        the custom loss); when resuming, forget the metrics a killed run logged after its last checkpoint."""
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_config(self.config)
+        if self.loss is not None:
+            facts["loss"] = self.loss.record()
         self.run.write_info(status="running", method=self.config.method, model=self.config.model, device=self.plan.description,
                             versions=library_versions(), started_at=int(time.time()), **facts)
         if self.resuming:

@@ -23,6 +23,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
 from togi.train.result import RunResult
 from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
+from togi.train.custom_loss import CustomLoss
 from togi.train.data import load_training_data, save_split, tokenize_examples
 from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
 from togi.train.library_adapters import TrainSamplerHook, attention_implementation
@@ -50,6 +51,7 @@ def train_sft(
 
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
     run, plan, warn = session.run, session.plan, session.warn
+    custom_loss = session.custom_loss()  # training.loss: found and its signature checked before any model loads
     source = resolve_model(config.model, log)
     check_method_fits(config, source)
     tokenizer = load_tokenizer(config.model, log)
@@ -112,11 +114,13 @@ def train_sft(
             train_labels = None
 
     arguments = _trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None)
-    micro_batch_tokens = _micro_batch_tokens(config, plan, arguments.padding_free)
+    # A loss of the user's sees the batch as the collator made it: no passes of bounded tokens, no shared prefix.
+    micro_batch_tokens = None if custom_loss else _micro_batch_tokens(config, plan, arguments.padding_free)
     if micro_batch_tokens:
         log(f"each forward and backward pass takes at most {micro_batch_tokens} tokens of a batch (training.micro_batch_tokens)")
     on_cpu_padding_free = plan.device == "cpu" and arguments.padding_free
-    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels, micro_batch_tokens, share_prefixes=on_cpu_padding_free)(
+    trainer = _trainer_class(SFTTrainer, scorer, warn, train_labels, micro_batch_tokens, share_prefixes=on_cpu_padding_free and not custom_loss,
+                             custom_loss=custom_loss)(
         model=model,
         args=arguments,
         train_dataset=train_set,
@@ -126,6 +130,8 @@ def train_sft(
     )
     if config.data.label_loss_weight != 1:
         trainer.data_collator = LabelWeightCollator(trainer.data_collator)
+    if custom_loss:
+        session.dry_run_loss(custom_loss, trainer, train_set)
     output = session.train(trainer, around=per_example_attention(trainer.model) if on_cpu_padding_free else None)
 
     trainer.save_model(str(session.output_dir))
@@ -148,13 +154,14 @@ def _micro_batch_tokens(config: TrainConfig, plan: DevicePlan, padding_free: boo
 
 
 def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Callable[[str], None] = print,
-                   train_labels: list[str | None] | None = None, micro_batch_tokens: int | None = None, share_prefixes: bool = False) -> type:
+                   train_labels: list[str | None] | None = None, micro_batch_tokens: int | None = None, share_prefixes: bool = False,
+                   custom_loss: CustomLoss | None = None) -> type:
     """TRL's SFTTrainer with a length-grouped order that survives resuming, or batches that take the labels in
     turn when ``train_labels`` are given (``data.balance_labels``; both in ``sampling.py``), the task metric
     scored at each evaluation when the recipe asks for one (``task_metric.py``) and, on a CPU, the LM head
     applied only where the loss is taken (see ``loss.py``). On a CPU, ``train`` also runs it with attention
     inside each example of a padding-free batch (``attention.py``) and fits the thread count to the cores other
-    processes leave free (``threads.py``)."""
+    processes leave free (``threads.py``). ``custom_loss`` (training.loss) takes the training steps' loss."""
 
     class TogiSFTTrainer(TrainSamplerHook, sft_trainer):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -211,6 +218,11 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             return sum(super(TogiSFTTrainer, self).training_step(model, piece, num_items_in_batch) for piece in pieces)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            if custom_loss is not None and model.training:
+                loss, outputs = custom_loss(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
+                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else real_tokens(inputs)
+                self.compact_loss_metrics["train"]["num_tokens"] = [self.train_tokens_seen]
+                return (loss, outputs) if return_outputs else loss
             label_weights = inputs.pop(LABEL_WEIGHTS, None)  # data.label_loss_weight: only togi's own loss takes them
             if return_outputs or not self._compact_loss_applies(model, inputs, weighted=label_weights is not None):
                 if label_weights is not None:
