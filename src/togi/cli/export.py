@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +12,7 @@ from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
 
 console = make_console()
-TARGETS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub")
+TARGETS = ("merged", "adapter", "gguf", "ollama", "onnx", "hub", "multi-adapter")
 
 
 def _say(text: str) -> None:
@@ -28,9 +29,9 @@ def _print_agreement(agreement: dict[str, dict[str, Any]], notes: list[str]) -> 
 
 
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished training run directory (for onnx: also a saved model).",
-                                            show_default=False)],
-    to: Annotated[str, typer.Option(help="merged, adapter, gguf, ollama, onnx or hub.")] = "merged",
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR...", help="A finished training run directory (for onnx: also a saved "
+                                                  "model); for multi-adapter, two or more, each NAME=RUN_DIR or RUN_DIR.", show_default=False)],
+    to: Annotated[str, typer.Option(help="merged, adapter, gguf, ollama, onnx, hub or multi-adapter.")] = "merged",
     quant: Annotated[Optional[str], typer.Option(help="GGUF type: f32, f16, bf16, q8_0, q4_0, or with llama.cpp installed "
                                                        "q4_k_m, q5_k_m, q6_k (default: f16 for gguf, q8_0 for ollama).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/export/<to>).")] = None,
@@ -44,6 +45,12 @@ def export_command(
     dry_run: Annotated[bool, typer.Option(help="hub: list what would be uploaded, and upload nothing.")] = False,
     hub_url: Annotated[Optional[str], typer.Option(help="hub: another Hub-compatible endpoint (default: $HF_ENDPOINT or the Hub).")] = None,
     token: Annotated[Optional[str], typer.Option(help="hub: access token (default: $HF_TOKEN or the saved login).")] = None,
+    combine: Annotated[Optional[str], typer.Option(help="multi-adapter: add one adapter combining them all with PEFT's "
+                                                   "add_weighted_adapter: linear, cat, svd, ties, dare_linear, dare_ties, ...")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="multi-adapter: each adapter's weight in the combination, e.g. 0.7,0.3 "
+                                                   "(default: 1 each).")] = None,
+    density: Annotated[Optional[float], typer.Option(help="multi-adapter: the share of weights TIES and DARE keep, e.g. 0.5.")] = None,
+    combined_name: Annotated[str, typer.Option(help="multi-adapter: the combined adapter's name.")] = "combined",
 ) -> None:
     """Export a run for use elsewhere. Every export is checked: the chat template and stop tokens must be
     the ones the model was trained with, or nothing is written.
@@ -54,9 +61,16 @@ def export_command(
     togi export runs/my-run --to ollama          # GGUF + Modelfile; then: ollama create my-model -f runs/my-run/export/ollama/Modelfile
     togi export runs/my-run --to onnx
     togi export runs/my-run --to hub --repo-id my-org/my-model --private --dry-run
+    togi export reviews=runs/a faq=runs/b --to multi-adapter --out exports/tasks   # one base, named adapters
     """
     if to not in TARGETS:
         raise fail(f"unknown --to {to!r}", f"choose one of: {', '.join(TARGETS)}")
+    if to == "multi-adapter":
+        _export_multi_adapter(run_dirs, out, combine, weights, density, combined_name)
+        return
+    if len(run_dirs) != 1:
+        raise fail(f"--to {to} exports one run; {len(run_dirs)} were given", "give one RUN_DIR, or --to multi-adapter for several")
+    run_dir = Path(run_dirs[0])
     if to == "hub" and not repo_id:
         raise fail("--to hub needs --repo-id", "for example: --repo-id my-org/my-model")
     if upload not in ("merged", "adapter"):
@@ -75,6 +89,22 @@ def export_command(
         path = (export_merged if to == "merged" else export_adapter)(run_dir, destination)
         loader = "AutoModelForCausalLM" if to == "merged" else "peft.AutoPeftModelForCausalLM"
         _say(f"✓ exported {to} to {path}  (load it with {loader}.from_pretrained('{path}'))")
+
+
+def _export_multi_adapter(entries: list[str], out: Path | None, combine: str | None, weights: str | None, density: float | None,
+                          combined_name: str) -> None:
+    from togi.export.multi_adapter import export_multi_adapter
+
+    if out is None:
+        raise fail("--to multi-adapter needs --out: the folder for the base and the adapters", "for example --out exports/tasks")
+    try:
+        parsed = [float(weight) for weight in weights.split(",")] if weights else None
+    except ValueError:
+        raise fail(f"--weights {weights!r}: not numbers separated by commas", "for example --weights 0.7,0.3") from None
+    quiet_libraries()
+    path = export_multi_adapter(entries, out, combine=combine, weights=parsed, density=density, combined_name=combined_name, log=_say)
+    names = ", ".join(json.loads((path / "adapters.json").read_text(encoding="utf-8"))["adapters"])
+    _say(f"✓ exported one base and the adapters {names} to {path}  (how to load them: {path / 'README.md'})")
 
 
 def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str, verify: bool, writer: str) -> None:

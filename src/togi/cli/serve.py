@@ -22,30 +22,15 @@ jobs_app = typer.Typer(help="Drive an OpenAI-compatible fine-tuning API (OpenAI 
                        no_args_is_help=True)
 
 
-def _base_models(entries: list[str]) -> dict[str, str]:
-    from togi.models.embedded import EMBEDDED_MODEL_NAME
-    from togi.runs import refuse_run_as_model
-
-    models = {EMBEDDED_MODEL_NAME: EMBEDDED_MODEL_NAME}
-    for entry in entries:
-        name, separator, path = entry.partition("=")
-        if not separator or not name or not path:
-            raise fail(f"--model {entry!r} is not NAME=PATH", "for example: --model my-llama=/models/llama-3.2-1b")
-        if not Path(path).is_dir():
-            raise fail(f"--model {name}: {path} is not a model directory", "give a directory with config.json and the tokenizer")
-        refuse_run_as_model(path)
-        models[name] = str(Path(path).resolve())
-    return models
-
-
 @serve_app.callback()
 def serve(
     context: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: DataDir = DEFAULT_DATA_DIR,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Another base model, NAME=PATH (repeatable). "
-                                                       "The embedded default is always served.")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Another model, NAME=PATH (repeatable): a base model's "
+                                                       "directory, or an adapter (a LoRA run's directory, or a folder of togi export "
+                                                       "--to multi-adapter), served on its base. The embedded default is always served.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Jobs that train at the same time.")] = 1,
     max_file_mb: Annotated[int, typer.Option(min=1, help="Largest file upload accepted, in MB (larger: 413).")] = 512,
     max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 32,
@@ -66,17 +51,21 @@ def serve(
     from togi.serve.app import create_app
     from togi.serve.store import SQLiteStore
 
+    from togi.serve.served_models import served_models
+
     quiet_libraries()
-    models = _base_models(model or [])
+    served = served_models(model or [])
+    models = served.bases
     store = SQLiteStore(data_dir.resolve() / "togi.db")
     if not store.has_keys():
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
-    app = create_app(data_dir, models, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
+    app = create_app(data_dir, models, adapters=served.adapters, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
                      max_waiting=max_waiting, ui=ui)
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
-                  f"data: {data_dir.resolve()}  base models: {', '.join(models)}", soft_wrap=True)
+                  f"data: {data_dir.resolve()}  base models: {', '.join(models)}"
+                  + "".join(f"  {name}: an adapter on {base}" for name, (base, _) in served.adapters.items()), soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

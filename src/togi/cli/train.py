@@ -32,18 +32,25 @@ def train_command(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 (auto picks per device).")] = None,
     train_on_prompt: Annotated[bool, typer.Option("--train-on-prompt", help="Take the loss on every token, not only the answers.")] = False,
     auto_batch: Annotated[bool, typer.Option("--auto-batch", help="Halve the batch on a GPU out-of-memory error and retry.")] = False,
+    base_of: Annotated[Optional[Path], typer.Option(help="Train on the base model of this adapter run: another task's adapter for "
+                                                    "the same base (togi export A=RUN B=RUN --to multi-adapter serves them together).")] = None,
     set_values: Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe field: --set lora.r=32 (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
     """Fine-tune a model on your data. Validates the recipe and the data before any model loads.
 
     Examples: `togi train --data train.jsonl` · `togi train examples/recipes/reviews-lora.yaml --set lora.r=32` ·
-    `togi train --resume runs/NAME` · `togi train examples/recipes/reviews-classification.yaml`
+    `togi train --resume runs/NAME` · `togi train examples/recipes/reviews-classification.yaml` ·
+    `togi train faq.yaml --base-of runs/reviews` (a second task's adapter on the same base)
     """
     overrides = list(set_values or [])
     flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "task": task, "model": model, "method": method, "stage": stage,
              "output_dir": output_dir, "training.epochs": epochs, "training.max_steps": max_steps, "training.precision": precision}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if base_of is not None:
+        if model is not None:
+            raise fail("--base-of and --model both name the base model", "keep one of them")
+        overrides.append(f"model={_base_of(base_of)}")
     if train_on_prompt:
         overrides.append("data.train_on_prompt=true")
     if auto_batch:
@@ -56,6 +63,15 @@ def train_command(
     else:
         config = load_config(recipe, overrides)
     _run(config, resume)
+
+
+def _base_of(run_dir: Path) -> str:
+    """The base model an adapter run trained on, as its recipe named it."""
+    run = Run.open(run_dir)
+    if not run.config.traits.adapter:
+        raise fail(f"--base-of {run_dir}: a {run.config.method} run changed its base's own weights, so it has no base to share",
+                   "give a run of method lora, dora or qlora, or --model for the base itself")
+    return run.config.model
 
 
 def _run(config: TrainConfig, resume: Path | None) -> None:

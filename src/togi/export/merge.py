@@ -34,10 +34,9 @@ def replace_directory(staging: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _stop_at_end_of_turn(model: Any, tokenizer: Any, training: TrainingChat) -> None:
-    """Make the saved generation config stop where training taught the model to stop: at the EOS token and
-    at the token that ends an assistant turn in the template, when that is a different one."""
-    config = model.generation_config
+def stop_at_end_of_turn(config: Any, tokenizer: Any, training: TrainingChat) -> None:
+    """Make a generation config stop where training taught the model to stop: at the EOS token and at the token
+    that ends an assistant turn in the template, when that is a different one."""
     stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
     stops = [token_id for token_id in [*stops, tokenizer.eos_token_id, training.end_of_turn_id] if token_id is not None]
     config.eos_token_id = list(dict.fromkeys(stops)) if len(set(stops)) > 1 else stops[0]
@@ -58,7 +57,7 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
     model, tokenizer = tuned_model(run_dir)
     training = TrainingChat.of_run(run_dir, tokenizer)
     require_consistent([template_mismatch(f"the tokenizer saved in {run_dir}", tokenizer.chat_template, training)])
-    _stop_at_end_of_turn(model, tokenizer, training)
+    stop_at_end_of_turn(model.generation_config, tokenizer, training)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:

@@ -31,11 +31,13 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-               store: Store | None = None, max_batch: int = 32, max_waiting: int = 64, ui: bool = True) -> FastAPI:
+               store: Store | None = None, max_batch: int = 32, max_waiting: int = 64, ui: bool = True,
+               adapters: dict[str, tuple[str, str]] | None = None) -> FastAPI:
     data_dir = data_dir.resolve()
     store = store or SQLiteStore(data_dir / "togi.db")
     state = ServerState(data_dir=data_dir, base_models=base_models, store=store, scheduler=Scheduler(store, data_dir, slots=slots),
-                        pool=ModelPool(base_models, max_batch=max_batch, max_waiting=max_waiting), max_file_bytes=max_file_bytes)
+                        pool=ModelPool(base_models, max_batch=max_batch, max_waiting=max_waiting), max_file_bytes=max_file_bytes,
+                        adapter_models=dict(adapters or {}))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

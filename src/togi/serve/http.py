@@ -7,7 +7,7 @@ Every error, including a malformed request body, is OpenAI's envelope ``{"error"
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,7 @@ class ServerState:
     scheduler: Scheduler
     pool: ModelPool
     max_file_bytes: int
+    adapter_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # served name -> (its base's name, adapter folder)
 
 
 def server_state(request: Request) -> ServerState:

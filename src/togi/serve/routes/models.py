@@ -28,16 +28,26 @@ def base_model_record(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "togi"}
 
 
-def find_model(state: ServerState, model_id: str, org: str) -> dict[str, Any]:
+def served_model(state: ServerState, model_id: str) -> dict[str, Any] | None:
+    """A model every organization sees: a base model, or an adapter given with ``togi serve --model`` (its record's
+    ``internal`` part names its base and adapter folder, as a job's fine-tuned model's does)."""
     if model_id in state.base_models:
         return base_model_record(model_id)
-    return owned(state, "model", model_id, org, "model")
+    if model_id in state.adapter_models:
+        base, adapter = state.adapter_models[model_id]
+        return {**base_model_record(model_id), "internal": {"base": base, "adapter": adapter}}
+    return None
+
+
+def find_model(state: ServerState, model_id: str, org: str) -> dict[str, Any]:
+    return served_model(state, model_id) or owned(state, "model", model_id, org, "model")
 
 
 @router.get("/v1/models")
 def list_models(state: State, org: Organization):
     tuned = [public(m) for m in state.store.list("model", org) if not m["internal"].get("checkpoint_of")]
-    return {"object": "list", "data": [base_model_record(name) for name in sorted(state.base_models)] + tuned}
+    served = [base_model_record(name) for name in sorted(state.base_models)] + [base_model_record(name) for name in sorted(state.adapter_models)]
+    return {"object": "list", "data": served + tuned}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -47,8 +57,8 @@ def get_model(model_id: str, state: State, org: Organization):
 
 @router.delete("/v1/models/{model_id:path}")
 def delete_model(model_id: str, state: State, org: Organization):
-    if model_id in state.base_models:
-        raise APIError(403, f"{model_id} is a base model of this server and cannot be deleted", "permission_denied", "model")
+    if model_id in state.base_models or model_id in state.adapter_models:
+        raise APIError(403, f"{model_id} is a model this server was started with and cannot be deleted", "permission_denied", "model")
     owned(state, "model", model_id, org, "model")
     state.store.delete("model", model_id)
     return {"id": model_id, "object": "model", "deleted": True}
@@ -56,8 +66,7 @@ def delete_model(model_id: str, state: State, org: Organization):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, state: State, org: Organization):
-    base_models = state.base_models
-    model = base_model_record(body.model) if body.model in base_models else await run_in_threadpool(state.store.get, "model", body.model, org)
+    model = served_model(state, body.model) or await run_in_threadpool(state.store.get, "model", body.model, org)
     if model is None:
         raise APIError(404, f"The model '{body.model}' does not exist", "model_not_found", "model")
     internal = model.get("internal")
