@@ -82,6 +82,16 @@ def test_the_export_holds_one_base_and_named_adapters_that_peft_loads_and_switch
     assert exported["red"] == from_runs["red"] and exported["blue"] == from_runs["blue"]
     assert "PeftModel.from_pretrained" in (out / "README.md").read_text()
 
+    tests = {name: write_jsonl(tmp_path / f"{name}-test.jsonl", [chat(f"問{i}: {QUESTION}", answer) for i in range(3)])
+             for name, answer in COLORS.items()}
+    table = togi("eval", "adapters", out, "--test", f"red={tests['red']}", "--test", f"blue={tests['blue']}").stdout
+    assert "each model on each task's test file" in table
+    scores = {(row["task"], row["model"]): row["metrics"] for row in json.loads((out / "eval" / "adapters.json").read_text())}
+    assert set(scores) == {(task, model) for task in ("red", "blue") for model in ("base", "red", "blue", "combined")}
+    loss = {key: value["mean_token_loss"] for key, value in scores.items()}
+    for task, other in (("red", "blue"), ("blue", "red")):  # each task's own adapter fits its test file best
+        assert loss[(task, task)] < loss[(task, other)] and loss[(task, task)] < loss[(task, "base")]
+
 
 def test_one_server_serves_each_adapter_as_its_own_model_on_one_loaded_base(runs, tiny_model_dir, tmp_path):
     from_runs = peft_answers(tiny_model_dir, {"red": runs["red"] / "adapter", "blue": runs["blue"] / "adapter"})

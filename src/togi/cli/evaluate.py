@@ -117,8 +117,46 @@ def review_command(
         console.print(f"input ended after {given} new scores; run the same command to continue.", soft_wrap=True)
 
 
+def adapters_command(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder of togi export --to multi-adapter.", show_default=False)],
+    test: Annotated[list[str], typer.Option(help="A task's test file, NAME=FILE (repeatable): every adapter answers every file.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts answered together.")] = 8,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer length limit (default: 1.5x the longest reference).")] = None,
+    limit: Annotated[Optional[int], typer.Option("-n", min=1, help="Evaluate only the first N examples of each file.")] = None,
+    label_pattern: Annotated[Optional[str], typer.Option(help="Regex whose first group is the label, for accuracy and macro-F1.")] = None,
+) -> None:
+    """Score the base and each adapter of a multi-adapter export (a combination too) on each task's test file."""
+    from togi.evaluate.adapters import evaluate_adapters, write_adapter_scores
+    from togi.evaluate.runner import EvalOptions
+
+    tests = {}
+    for entry in test:
+        name, separator, path = entry.partition("=")
+        if not separator or not name or not path:
+            raise fail(f"--test {entry!r} is not NAME=FILE", "for example --test reviews=runs/demo-data/reviews.test.jsonl")
+        if not Path(path).is_file():
+            raise fail(f"--test {name}: no file {path}", "give each task's test file (chat examples)")
+        tests[name] = Path(path)
+    quiet_libraries()
+    options = EvalOptions(data=next(iter(tests.values())), batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
+                          label_pattern=label_pattern)
+    with console.status("answering each test file with the base and each adapter ..."):
+        rows = evaluate_adapters(folder, tests, options)
+    metric_names = [name for name in ("accuracy", "macro_f1", "exact_match", "rougeL", "mean_token_loss") if name in rows[0].metrics]
+    table = Table(title=f"{folder}: each model on each task's test file", title_justify="left")
+    for column in ("task", "model", *metric_names):
+        table.add_column(column, justify="left" if column in ("task", "model") else "right")
+    for task in tests:
+        for row in (row for row in rows if row.task == task):
+            table.add_row(task, row.model, *(f"{row.metrics[name]:.4f}" if name in row.metrics else "—" for name in metric_names))
+    console.print(table)
+    path = write_adapter_scores(rows, folder / "eval")
+    console.print(Text(f"scores: {path}"), soft_wrap=True)
+
+
 class _EvalGroup(TyperGroup):
-    """`togi eval RUN_DIR ...` evaluates; `togi eval review ...` starts the human review."""
+    """`togi eval RUN_DIR ...` evaluates; `togi eval review ...` starts the human review; `togi eval adapters ...` scores a
+    multi-adapter export."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
@@ -130,3 +168,4 @@ eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
                        help="Evaluate a tuned model against its base: `togi eval RUN_DIR --data test.jsonl`, or `togi eval review RUN_DIR`.")
 eval_app.command("run")(eval_command)
 eval_app.command("review")(review_command)
+eval_app.command("adapters")(adapters_command)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -94,6 +93,7 @@ def export_command(
 def _export_multi_adapter(entries: list[str], out: Path | None, combine: str | None, weights: str | None, density: float | None,
                           combined_name: str) -> None:
     from togi.export.multi_adapter import export_multi_adapter
+    from togi.models.adapter_folder import read_manifest
 
     if out is None:
         raise fail("--to multi-adapter needs --out: the folder for the base and the adapters", "for example --out exports/tasks")
@@ -103,7 +103,7 @@ def _export_multi_adapter(entries: list[str], out: Path | None, combine: str | N
         raise fail(f"--weights {weights!r}: not numbers separated by commas", "for example --weights 0.7,0.3") from None
     quiet_libraries()
     path = export_multi_adapter(entries, out, combine=combine, weights=parsed, density=density, combined_name=combined_name, log=_say)
-    names = ", ".join(json.loads((path / "adapters.json").read_text(encoding="utf-8"))["adapters"])
+    names = ", ".join(read_manifest(path)["adapters"])
     _say(f"✓ exported one base and the adapters {names} to {path}  (how to load them: {path / 'README.md'})")
 
 

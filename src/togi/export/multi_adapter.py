@@ -35,10 +35,10 @@ from togi.export import ExportError
 from togi.export.consistency import TrainingChat, require_consistent, template_mismatch
 from togi.export.hub import base_model_id
 from togi.export.merge import check_saved_model, replace_directory, stop_at_end_of_turn
+from togi.models.adapter_folder import MANIFEST
 from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
 
-MANIFEST = "adapters.json"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd", "magnitude_prune")
 LOGIT_TOLERANCE = 1e-4  # float32 weights copied as they are: the same logits up to summation order
@@ -125,15 +125,6 @@ def export_multi_adapter(entries: list[str], out_dir: Path, *, combine: str | No
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return replace_directory(staging, out_dir)
-
-
-def read_manifest(adapter_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The export folder and manifest an adapter folder belongs to (``OUT/adapters/NAME``), or None."""
-    root = adapter_dir.resolve().parent.parent
-    path = root / MANIFEST
-    if not path.is_file():
-        return None
-    return root, json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write_base(source: Path, tokenizer: Any, training: TrainingChat, target: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from togi.errors import TogiError
-from togi.export.multi_adapter import read_manifest
+from togi.models.adapter_folder import folder_of_adapter
 from togi.models.embedded import EMBEDDED_MODEL_NAME
 from togi.runs import Run
 
@@ -66,7 +66,7 @@ def _adapter_of(name: str, folder: Path) -> tuple[str, Path] | None:
     settings_path = folder / "adapter_config.json"
     if not settings_path.is_file():
         return None
-    found = read_manifest(folder)
+    found = folder_of_adapter(folder)
     if found is not None:
         root, manifest = found
         return str(root / manifest["base"]), folder
