@@ -143,3 +143,43 @@ def test_runs_on_different_bases_or_without_adapters_are_refused_with_the_reason
     assert linear.returncode == 2 and "needs --density" in linear.stderr
     served = togi("serve", "--data-dir", tmp_path / "d", "--model", f"red={runs['red']}", "--model", "red=/tmp", check=False)
     assert served.returncode == 2 and "--model red is given twice" in served.stderr and "Traceback" not in served.stderr
+
+
+def test_onnx_of_the_export_is_one_graph_whose_adapters_onnxruntime_switches_per_run(runs, tiny_model_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (make setup-dev installs it)")
+    import numpy as np
+    import onnxruntime
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "tasks"
+    togi("export", f"red={runs['red']}", f"blue={runs['blue']}", "--to", "multi-adapter", "--out", out, "--combine", "cat")  # cat: rank 8
+    result = togi("export", out, "--to", "onnx", "--out", tmp_path / "onnx")
+    assert "✓ exported ONNX with switchable adapters" in result.stdout
+    onnx_dir = tmp_path / "onnx"
+    assert sorted(path.name for path in (onnx_dir / "adapters").iterdir()) == ["blue.onnx_adapter", "combined.onnx_adapter", "red.onnx_adapter"]
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    ids = tokenizer([QUESTION], return_tensors="pt", add_special_tokens=False)
+    session = onnxruntime.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), out / "adapters" / "red", adapter_name="red").eval()
+    for name in ("blue", "combined"):
+        model.load_adapter(out / "adapters" / name, adapter_name=name)
+    feed = {"input_ids": ids["input_ids"].numpy(), "attention_mask": ids["attention_mask"].numpy()}
+    answers = {}
+    for name in ("red", "blue", "combined", None):  # None: no adapter active, the base model
+        options = onnxruntime.RunOptions()
+        if name:
+            adapter = onnxruntime.LoraAdapter()
+            adapter.Load(str(onnx_dir / "adapters" / f"{name}.onnx_adapter"))
+            options.add_active_adapter(adapter)
+            model.set_adapter(name)
+        with torch.no_grad():
+            if name:
+                expected = model(**ids).logits.numpy()
+            else:
+                with model.disable_adapter():
+                    expected = model(**ids).logits.numpy()
+        actual = session.run(["logits"], feed, options)[0]
+        assert np.abs(actual - expected).max() < 1e-3, name
+        answers[name] = actual
+    assert np.abs(answers["red"] - answers["blue"]).max() > 0.1 and np.abs(answers["red"] - answers[None]).max() > 0.1  # it switches

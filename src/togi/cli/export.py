@@ -129,7 +129,17 @@ def _export_gguf_or_ollama(run_dir: Path, destination: Path, to: str, quant: str
 
 def _export_onnx(source: Path, destination: Path) -> None:
     from togi.export.onnx_export import export_onnx
+    from togi.models.adapter_folder import is_adapter_folder
 
+    if is_adapter_folder(source):
+        from togi.export.onnx_adapters import export_onnx_adapters
+
+        exported = export_onnx_adapters(source, destination)
+        _say(f"✓ exported ONNX with switchable adapters to {exported.directory / 'model.onnx'}: "
+             f"{', '.join(f'adapters/{name}.onnx_adapter' for name in exported.adapters if name != 'base')}")
+        _say("  checked in onnxruntime against PEFT, largest logit difference: "
+             + ", ".join(f"{name} {difference:.3g}" for name, difference in exported.adapters.items()))
+        return
     result = export_onnx(source, destination)
     _say(f"✓ exported ONNX ({result.task}) to {result.directory / 'model.onnx'}")
     _say(f"  checked in onnxruntime: largest logit difference {result.max_abs_logit_diff:.3g}, top-1 agreement {result.top1_agreement:.0%}")

@@ -98,9 +98,13 @@ def compare_with_onnxruntime(model: Any, tokenizer: Any, path: Path, texts: list
     return float(np.abs(expected - actual).max()), float((expected.argmax(-1) == actual.argmax(-1)).mean())
 
 
-def export_onnx(source: Path, out_dir: Path) -> ONNXExport:
+def require_onnx() -> None:
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
         raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime; {INSTALL_HINT}", "then run the export again")
+
+
+def export_onnx(source: Path, out_dir: Path) -> ONNXExport:
+    require_onnx()
     import torch
 
     model, tokenizer, task = load_for_onnx(source)
