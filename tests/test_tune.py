@@ -118,6 +118,19 @@ def test_a_trial_that_goes_nowhere_is_pruned_at_its_first_evaluation(project, mo
     assert result.best.number == 0
 
 
+def test_a_grid_runs_every_combination_once_under_the_hyperband_pruner(project):
+    space = write_space(project, """search_strategy: {type: grid}
+search_space:
+  training.learning_rate: {type: choice, values: [1.0e-6, 3.0e-2]}
+  lora.r: {type: int, low: 2, high: 4, step: 2}
+""")
+    output = finished(togi_tune("recipe.yaml", "--space", space, "--pruner", "hyperband", "--seed", "0", cwd=project))
+    assert "4 trials, minimize eval_loss, sampler grid, pruner hyperband" in output  # the grid's size: 2 x 2
+    trials = study_trials(project / "runs" / "tune-recipe")
+    assert sorted((t.params["training.learning_rate"], t.params["lora.r"]) for t in trials) == [(1e-6, 2), (1e-6, 4), (3e-2, 2), (3e-2, 4)]
+    assert {trial.state.name for trial in trials} <= {"COMPLETE", "PRUNED"}
+
+
 def test_two_processes_sharing_one_sqlite_study_never_run_the_same_trial(project):
     space = write_space(project, LR_AND_RANK.replace("num_trials: 6", "num_trials: 8"))
     recipe = project / "recipe.yaml"
