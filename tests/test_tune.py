@@ -226,6 +226,9 @@ def test_the_command_line_reports_a_bad_space_and_a_grid_without_steps_in_one_li
     output = subprocess.run([sys.executable, "-m", "togi.cli.main", "tune", "recipe.yaml", "--space", grid], cwd=project,
                             capture_output=True, text=True, timeout=120)
     assert output.returncode == 2 and "a grid needs a finite set of values" in output.stderr and "Traceback" not in output.stderr
+    storage = subprocess.run([sys.executable, "-m", "togi.cli.main", "tune", "recipe.yaml", "--space", write_space(project, LR_AND_RANK),
+                              "--storage", "not-a-url"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert storage.returncode == 2 and "--storage not-a-url: Could not parse SQLAlchemy URL" in storage.stderr, storage.stderr
     assert not (project / "runs").exists() or not any((project / "runs").rglob("trial-*"))
 
 

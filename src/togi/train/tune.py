@@ -187,9 +187,11 @@ class Tuner:
         """Optuna's storage, with the heartbeat that fails and requeues a trial whose process went silent. Two
         processes opening a new SQLite file at once race to create its tables; the loser finds them made and retries."""
         import optuna
-        from sqlalchemy.exc import IntegrityError, OperationalError
+        from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
         engine = {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else None  # wait out another process's write
+        hint = ("an SQLAlchemy URL whose driver is installed and whose database answers, e.g. sqlite:///study.db, or "
+                "postgresql://user:password@host/db with psycopg2 installed")
         for attempt in range(3):
             try:
                 with warnings.catch_warnings():
@@ -197,13 +199,12 @@ class Tuner:
                     return optuna.storages.RDBStorage(
                         self.storage_url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-            except (IntegrityError, OperationalError):
+            except (IntegrityError, OperationalError) as error:
                 if attempt == 2:
-                    raise
+                    raise TogiError(f"--storage {self.storage_url}: {str(error.orig or error).splitlines()[0]}", hint) from None
                 time.sleep(1 + attempt)
-            except (ImportError, ValueError, ModuleNotFoundError) as error:
-                raise TogiError(f"--storage {self.storage_url}: {error}", "an SQLAlchemy URL whose driver is installed, e.g. "
-                                "sqlite:///study.db, or postgresql://user:password@host/db with psycopg2 installed") from None
+            except (ImportError, ValueError, ArgumentError) as error:
+                raise TogiError(f"--storage {self.storage_url}: {error}", hint) from None
         raise AssertionError("unreachable")
 
     def _sampler(self) -> Any:
@@ -284,6 +285,10 @@ class Tuner:
             reporter = _reporter(trial, self.objective)
             train(config, console=self.console, log=lambda message: self.log(f"  {message}"), callbacks=[reporter])
             value = kept_value(Run(run_dir).metrics(), self.objective, config)
+        except KeyboardInterrupt:  # Optuna marks the trial failed; its values wait for the next togi tune
+            trial.set_user_attr("error", "interrupted: Ctrl-C while it ran")
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
         except Exception as error:
             trial.set_user_attr("error", str(error) or type(error).__name__)
             self.log(f"trial {trial.number} failed: {error}")
