@@ -154,7 +154,7 @@ def _trace(model: Any, tokenizer: Any, traced: list[str], example_weights: list[
         torch.onnx.export(LogitsWithAdapterInputs().eval(), (example["input_ids"], example["attention_mask"], *example_weights), str(path),
                           input_names=["input_ids", "attention_mask", *(input_name(p) for p in traced)], output_names=["logits"],
                           dynamo=True, dynamic_shapes=dynamic, verbose=False)
-    graph = onnx.load(str(path))
+    graph = onnx.load(str(path), load_external_data=False)  # large weights stay in the exporter's model.onnx.data beside it
     for parameter, weight in zip(traced, example_weights):  # zeros of rank 1 by default: no adapter is the base model
         shape = (1, weight.shape[1]) if ".lora_A" in parameter else (weight.shape[0], 1)
         graph.graph.initializer.append(numpy_helper.from_array(torch.zeros(shape).numpy(), input_name(parameter)))
