@@ -195,6 +195,7 @@ def test_search_space_names_are_the_recipes_keys_or_the_seeds_short_names(projec
     assert recipe_key("lora.dropout", config) == "lora.dropout"
     assert recipe_key("method", config) == "method"
     assert recipe_key("training.nonsense", config) is None
+    assert recipe_key("lora.rank", config) == "lora.r"  # PEFT's and others' names inside a section, as in a recipe
     assert recipe_key("seed", config) == "training.seed"
 
 

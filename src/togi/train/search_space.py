@@ -221,7 +221,8 @@ def recipe_key(name: str, config: TrainConfig) -> str | None:
     sections = {field: type(value) for field, value in config if isinstance(value, BaseModel)}
     if "." in name:
         section, _, field = name.partition(".")
-        return name if section in sections and field in sections[section].model_fields else None
+        field = KEY_ALIASES.get(field, field) if section in sections and field not in sections[section].model_fields else field
+        return f"{section}.{field}" if section in sections and field in sections[section].model_fields else None
     if name in type(config).model_fields and name not in sections:
         return name
     for section, model in sections.items():
