@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import distinct_chats, write_jsonl
+import togi
+from conftest import REPO, distinct_chats, write_jsonl
 from togi.config import ConfigError, load_config
 from togi.runs import Run
 from togi.train.search_space import load_search_space, recipe_key
@@ -98,8 +99,7 @@ def test_a_two_parameter_search_finds_a_learning_rate_in_the_good_region_and_wri
 
 
 def test_a_trial_that_goes_nowhere_is_pruned_at_its_first_evaluation(project, monkeypatch):
-    space = load_search_space(write_space(project, "search_space:\n  learning_rate: {type: float, low: 1e-6, high: 1e-1, log: true}\n"),
-                              project / "recipe.yaml")
+    space = write_space(project, "search_space:\n  learning_rate: {type: float, low: 1e-6, high: 1e-1, log: true}\n")
     study_dir = project / "study"
     storage = f"sqlite:///{study_dir / 'study.db'}"
     study_dir.mkdir()
@@ -107,7 +107,7 @@ def test_a_trial_that_goes_nowhere_is_pruned_at_its_first_evaluation(project, mo
     for rate in (3e-2, 2e-2, 1e-6):  # two that learn, then one that barely moves
         queued.enqueue_trial({"training.learning_rate": rate})
     monkeypatch.chdir(project)
-    result = Tuner(project / "recipe.yaml", space, trials=3, study_dir=study_dir, storage=storage, log=lambda message: None).run()
+    result = togi.tune(project / "recipe.yaml", space, trials=3, study_dir=study_dir, storage=storage, log=lambda message: None)
     states = [row.state for row in result.trials]
     assert states == ["complete", "complete", "pruned"], result.trials
     slow = result.trials[2]
@@ -243,3 +243,9 @@ def test_an_objective_measured_on_validation_data_needs_some(project):
     with pytest.raises(ConfigError, match="label_pattern"):  # accuracy reads labels with a pattern the recipe lacks
         Tuner(project / "recipe.yaml", accuracy, trials=2, objective="accuracy", study_dir=project / "study")
     assert yaml.safe_load((project / "recipe.yaml").read_text())["method"] == "lora"
+
+
+def test_the_shipped_search_space_fits_the_demo_recipe():
+    space = load_search_space(REPO / "examples" / "search" / "reviews-space.yaml", REPO / "examples" / "recipes" / "reviews-lora.yaml")
+    assert (space.sampler, space.trials, space.objective, space.pruner) == ("tpe", 6, "accuracy", "median")
+    assert [parameter.key for parameter in space.parameters] == ["training.learning_rate", "lora.r"]
