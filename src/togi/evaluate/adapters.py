@@ -9,6 +9,7 @@ written to ``FOLDER/eval/adapters.json``.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,6 @@ def _examples(path: Path, limit: int | None) -> list[ChatExample]:
 
 
 def write_adapter_scores(rows: list[AdapterScores], out: Path) -> Path:
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     path = out / "adapters.json"
     atomic_write_text(path, json.dumps([row.__dict__ for row in rows], ensure_ascii=False, indent=2) + "\n")

@@ -106,21 +106,22 @@ def export_multi_adapter(entries: list[str], out_dir: Path, *, combine: str | No
             (target / "adapter_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
             adapters[entry.name] = {"path": f"adapters/{entry.name}", "run": str(entry.run.path.resolve()), "method": entry.run.config.method,
                                     "r": settings.get("r"), "train_file": str(entry.run.config.data.train_file)}
+        exported = _load_exported(staging, [entry.name for entry in runs])  # one base, every adapter: for the checks and the combination
+        for entry in runs:
+            difference = _logit_difference(exported, tokenizer, entry)
+            log(f"  {entry.name}: loaded back with PEFT from the folder, largest logit difference to {entry.run.path} {difference:.2g}")
+            if difference > LOGIT_TOLERANCE:
+                raise ExportError(f"the adapter {entry.name} loaded from the export answers unlike its run {entry.run.path} "
+                                  f"(largest logit difference {difference:.3g})", "this is a bug in togi: please report it")
         if combine is not None:
             log(f"combining {', '.join(adapters)} into {combined_name} ({combine})")
-            _write_combination(staging, runs, combine, weights, density, combined_name)
+            _write_combination(exported, staging, [entry.name for entry in runs], combine, weights, density, combined_name)
             adapters[combined_name] = {"path": f"adapters/{combined_name}", "combination": combine,
                                        "of": [entry.name for entry in runs], "weights": weights or [1.0] * len(runs),
                                        **({"density": density} if density is not None else {})}
         manifest = {"base": "base", "base_model": base_model_id(first.run.config.model), "adapters": adapters}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(_readme(out_dir, list(adapters)), encoding="utf-8")
-        for entry in runs:
-            difference = _logit_difference(staging, entry)
-            log(f"  {entry.name}: loaded back with PEFT from the folder, largest logit difference to {entry.run.path} {difference:.2g}")
-            if difference > LOGIT_TOLERANCE:
-                raise ExportError(f"the adapter {entry.name} loaded from the export answers unlike its run {entry.run.path} "
-                                  f"(largest logit difference {difference:.3g})", "this is a bug in togi: please report it")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -160,14 +161,21 @@ def _check_combination(runs: list[NamedRun], combine: str, weights: list[float] 
                           "use --combine cat (ranks add up) or svd")
 
 
-def _write_combination(staging: Path, runs: list[NamedRun], combine: str, weights: list[float] | None, density: float | None, name: str) -> None:
+def _load_exported(staging: Path, names: list[str]) -> Any:
+    """The exported base with every adapter of the folder loaded, as a user's PEFT would load them."""
+    import torch
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    model = _load_base(staging)
-    names = [entry.name for entry in runs]
-    model = PeftModel.from_pretrained(model, str(staging / "adapters" / names[0]), adapter_name=names[0])
-    for adapter in names[1:]:
-        model.load_adapter(str(staging / "adapters" / adapter), adapter_name=adapter)
+    base = AutoModelForCausalLM.from_pretrained(str(staging / "base"), dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, str(staging / "adapters" / names[0]), adapter_name=names[0]).eval()
+    for name in names[1:]:
+        model.load_adapter(str(staging / "adapters" / name), adapter_name=name)
+    return model
+
+
+def _write_combination(model: Any, staging: Path, names: list[str], combine: str, weights: list[float] | None, density: float | None,
+                       name: str) -> None:
     try:
         model.add_weighted_adapter(adapters=names, weights=weights or [1.0] * len(names), adapter_name=name, combination_type=combine,
                                    **({"density": density} if density is not None else {}))
@@ -179,23 +187,13 @@ def _write_combination(staging: Path, runs: list[NamedRun], combine: str, weight
     shutil.rmtree(saved)
 
 
-def _load_base(staging: Path) -> Any:
+def _logit_difference(exported: Any, tokenizer: Any, entry: NamedRun) -> float:
+    """The largest difference between the logits of the run's own model and of its adapter loaded from the export,
+    on the run's first training prompt."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(staging / "base"), dtype=torch.float32).eval()
-
-
-def _logit_difference(staging: Path, entry: NamedRun) -> float:
-    """The largest difference between the logits of the run's own model and of the base and adapter loaded from
-    the export, on the run's first training prompt."""
-    import torch
-    from peft import PeftModel
-
-    tokenizer = load_tokenizer(str(staging / "base"))
-    prompt = _first_prompt(entry.run)
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    exported = PeftModel.from_pretrained(_load_base(staging), str(staging / "adapters" / entry.name), adapter_name=entry.name).eval()
+    ids = tokenizer.apply_chat_template(_first_prompt(entry.run), add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    exported.set_adapter(entry.name)
     own, _ = entry.run.load_trained_model(precision="fp32")
     with torch.no_grad():
         return float((exported(input_ids=ids).logits - own.eval()(input_ids=ids).logits).abs().max())

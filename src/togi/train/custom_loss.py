@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from togi.errors import TogiError
+from togi.train.data import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 FIELD = "training.loss"
 
 

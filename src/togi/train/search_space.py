@@ -186,7 +186,7 @@ def load_search_space(path: Path | str, recipe: Path | str | None, overrides: li
                                       line=yaml_key_line(text, location)))
         raise space_error(source, *issues) from None
     base = load_config(recipe, list(overrides))
-    parameters = []
+    parameters, written = [], {}  # written: each parameter's name in the file, for its line
     for name, parameter_spec in spec.search_space.items():
         key = recipe_key(name, base)
         if key is None:
@@ -194,6 +194,7 @@ def load_search_space(path: Path | str, recipe: Path | str | None, overrides: li
                                                    "use the recipe's dotted key, e.g. training.learning_rate or lora.r",
                                                    line=yaml_key_line(text, ["search_space", name])))
         parameters.append(Parameter(key, parameter_spec))
+        written[key] = name
     for parameter in parameters:  # the recipe must accept every extreme of every range
         for value in parameter.extremes():
             try:
@@ -201,7 +202,7 @@ def load_search_space(path: Path | str, recipe: Path | str | None, overrides: li
             except ConfigError as error:
                 issue = error.issues[0]
                 raise space_error(source, ConfigIssue(f"search_space.{parameter.key}", f"the recipe refuses {value!r}: {issue.message}",
-                                                       issue.hint, line=yaml_key_line(text, ["search_space", _written(spec, parameter.key, base)]))) from None
+                                                       issue.hint, line=yaml_key_line(text, ["search_space", written[parameter.key]]))) from None
     return SearchSpace(path, parameters, spec.search_strategy.type, spec.search_strategy.num_trials, spec.objective, spec.pruner)
 
 
@@ -232,11 +233,6 @@ def recipe_key(name: str, config: TrainConfig) -> str | None:
     field = KEY_ALIASES.get(name, name)
     owners = [section for section, model in sections.items() if field in model.model_fields]
     return f"{owners[0]}.{field}" if len(owners) == 1 else None
-
-
-def _written(spec: SpaceFile, key: str, config: TrainConfig) -> str:
-    """The name the file gave the parameter whose recipe key is ``key``."""
-    return next(name for name in spec.search_space if recipe_key(name, config) == key)
 
 
 def _model_at(location: list[str]) -> type[BaseModel]:

@@ -220,8 +220,7 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if custom_loss is not None and model.training:
                 loss, outputs = custom_loss(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
-                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else real_tokens(inputs)
-                self.compact_loss_metrics["train"]["num_tokens"] = [self.train_tokens_seen]
+                self._count_trained_tokens(inputs)
                 return (loss, outputs) if return_outputs else loss
             label_weights = inputs.pop(LABEL_WEIGHTS, None)  # data.label_loss_weight: only togi's own loss takes them
             if return_outputs or not self._compact_loss_applies(model, inputs, weighted=label_weights is not None):
@@ -234,9 +233,14 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             metrics = self.compact_loss_metrics["train" if self.model.training else "eval"]
             metrics["mean_token_accuracy"].append(parts.correct / parts.labelled if parts.labelled else 0.0)
             if self.model.training:
-                self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else real_tokens(inputs)
+                self._count_trained_tokens(inputs)
             metrics["num_tokens"] = [self.train_tokens_seen]
             return parts.loss
+
+        def _count_trained_tokens(self, inputs: dict[str, Any]) -> None:
+            """The real (non-padding) tokens of a training pass, for tokens/s: what TRL's own loss logs as num_tokens."""
+            self.train_tokens_seen += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else real_tokens(inputs)
+            self.compact_loss_metrics["train"]["num_tokens"] = [self.train_tokens_seen]
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             """compute_loss's own metrics under the names TRL logs its own with (``mean_token_accuracy``, ``num_tokens``;
