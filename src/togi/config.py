@@ -199,6 +199,41 @@ class TrainingSettings(_Section):
         return value
 
 
+class FsdpSettings(_Section):
+    sharding: Literal["full", "hybrid"] = Field("full", description="full: weights, gradients and optimizer state split over every "
+                                                "process; hybrid: split within each node, copied across nodes (less traffic between nodes)")
+    cpu_offload: bool = Field(False, description="keep the sharded weights and optimizer state in CPU memory between uses (a GPU option)")
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward pass (FSDP's own; "
+                                           "use it instead of training.gradient_checkpointing)")
+
+
+class DeepSpeedSettings(_Section):
+    zero_stage: Literal[2, 3] = Field(2, description="2: gradients and optimizer state split over the processes; 3: the weights too")
+    offload_optimizer: bool = Field(False, description="optimizer state and step in CPU memory")
+    offload_parameters: bool = Field(False, description="ZeRO-3 only: the weights in CPU memory between uses")
+
+
+class DistributedSettings(_Section):
+    """How several processes share the work, when the run has them (``togi train --nproc-per-node N``, or started
+    under torchrun or accelerate launch). One process ignores this section."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description="ddp: each process holds the whole model and "
+                                                          "gradients are averaged; fsdp: the model is sharded (FSDP2); deepspeed: ZeRO")
+    fsdp: FsdpSettings = Field(default_factory=FsdpSettings)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+
+    @model_validator(mode="after")
+    def _options_of_the_strategy(self) -> DistributedSettings:
+        for name in ("fsdp", "deepspeed"):
+            if self.strategy != name and getattr(self, name) != type(getattr(self, name))():
+                raise RecipeRuleError(f"distributed.{name}", f"options are set but distributed.strategy is {self.strategy}",
+                                      f"set distributed.strategy: {name}, or drop the distributed.{name} section")
+        if self.deepspeed.offload_parameters and self.deepspeed.zero_stage != 3:
+            raise RecipeRuleError("distributed.deepspeed.offload_parameters", "needs zero_stage 3: only ZeRO-3 splits the weights",
+                                  "set distributed.deepspeed.zero_stage: 3, or offload_optimizer alone")
+        return self
+
+
 class MonitoringSettings(_Section):
     log_every: int = Field(1, gt=0, description="steps between metric records")
     eval_every: int = Field(50, gt=0, description="steps between evaluations on the validation set")
@@ -356,10 +391,15 @@ class TrainConfig(_Section):
 class ChatConfig(TrainConfig):
     """Supervised fine-tuning of a chat model (task chat, stage sft): the default kind."""
 
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
+
     @model_validator(mode="after")
     def _is_chat_sft(self) -> ChatConfig:
         if self.task != "chat" or self.stage != "sft":  # only reached when built directly, not through load_config
             raise RecipeRuleError("task", f"a ChatConfig is task chat, stage sft, not {self.task} {self.stage}", "use load_config")
+        if self.distributed.fsdp.activation_checkpointing and self.training.gradient_checkpointing is True:
+            raise RecipeRuleError("distributed.fsdp.activation_checkpointing", "and training.gradient_checkpointing both recompute "
+                                  "activations; FSDP takes only its own", "drop training.gradient_checkpointing under strategy fsdp")
         return self
 
 
@@ -416,6 +456,7 @@ SECTION_OWNERS: dict[str, tuple[type[TrainConfig], str]] = {
     "classification": (ClassificationConfig, "task: classification"),
     "preference": (PreferenceConfig, "a preference stage (stage: dpo, orpo, kto, reward or rlhf)"),
     "rlhf": (PreferenceConfig, "stage: rlhf"),
+    "distributed": (ChatConfig, "stage: sft of task: chat (only supervised fine-tuning trains on several processes)"),
 }
 RECIPE_KINDS: dict[str, type[TrainConfig]] = {"chat": ChatConfig, "preference": PreferenceConfig, "classification": ClassificationConfig}
 RECIPE_DESCRIPTIONS: dict[type[TrainConfig], str] = {ChatConfig: "supervised fine-tuning of a chat model (task chat, stage sft)",

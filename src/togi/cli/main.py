@@ -38,7 +38,15 @@ def render_config_error(error: ConfigError) -> typer.Exit:
 
 
 def report(error: TogiError) -> typer.Exit:
-    """The data's findings, then the message and its hint; exit 1 when the data or the run failed, 2 otherwise."""
+    """The data's findings, then the message and its hint; exit 1 when the data or the run failed, 2 otherwise. Of a
+    run's several processes, the main one reports in full and the others in one line each (the same inputs mostly
+    fail them all alike)."""
+    from togi.train.distributed import Processes
+
+    processes = Processes.current()
+    if not processes.main:
+        errors.print(Text(f"togi (rank {processes.rank}): {error.message}", style="red"), soft_wrap=True)
+        return typer.Exit(EXIT_FINDINGS if error.work_failed else EXIT_USAGE)
     if isinstance(error, ConfigError):
         return render_config_error(error)
     if error.findings:

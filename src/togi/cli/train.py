@@ -36,12 +36,20 @@ def train_command(
                                                     "the same base (togi export A=RUN B=RUN --to multi-adapter serves them together).")] = None,
     set_values: Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe field: --set lora.r=32 (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help="Train on this many processes on this node "
+                                                           "(one per GPU; distributed.strategy says how they share the work).",
+                                                           rich_help_panel="Several processes")] = None,
+    nnodes: Annotated[int, typer.Option(help="Nodes in the run; run the same command on each.", rich_help_panel="Several processes")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's number, 0 to nnodes-1.", rich_help_panel="Several processes")] = 0,
+    master_addr: Annotated[Optional[str], typer.Option(help="Node 0's address, where the nodes meet.", rich_help_panel="Several processes")] = None,
+    master_port: Annotated[int, typer.Option(help="Node 0's port for the meeting.", rich_help_panel="Several processes")] = 29500,
 ) -> None:
     """Fine-tune a model on your data. Validates the recipe and the data before any model loads.
 
     Examples: `togi train --data train.jsonl` · `togi train examples/recipes/reviews-lora.yaml --set lora.r=32` ·
     `togi train --resume runs/NAME` · `togi train examples/recipes/reviews-classification.yaml` ·
-    `togi train faq.yaml --base-of runs/reviews` (a second task's adapter on the same base)
+    `togi train faq.yaml --base-of runs/reviews` (a second task's adapter on the same base) ·
+    `togi train recipe.yaml --nproc-per-node 8` (8 processes; also runs under torchrun or accelerate launch)
     """
     overrides = list(set_values or [])
     flags = {"data.train_file": data, "data.val_file": val_file, "data.val_ratio": val_ratio, "task": task, "model": model, "method": method, "stage": stage,
@@ -62,6 +70,14 @@ def train_command(
         config = Run.open(resume).config
     else:
         config = load_config(recipe, overrides)
+    if nproc_per_node is not None or nnodes > 1:
+        from togi.train.launch import Launch, launch_training
+        from togi.train.runnable import check_runnable
+
+        launch = Launch(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
+        check_runnable(config, processes=launch.nproc_per_node * launch.nnodes)  # before any process starts
+        launch_training(launch, None if resume else config, resume_dir=resume)
+        return
     _run(config, resume)
 
 
@@ -75,8 +91,12 @@ def _base_of(run_dir: Path) -> str:
 
 
 def _run(config: TrainConfig, resume: Path | None) -> None:
+    from togi.train.distributed import Processes
+
     quiet_libraries()
     result = train(config, resume_dir=resume, console=console, log=lambda message: console.print(message, soft_wrap=True))
+    if not Processes.current().main:
+        return  # the main process reports the run
     if config.task == "classification":
         _report_classifier(result)
     elif config.stage != "sft":

@@ -7,7 +7,8 @@ classifier open, resume, watch, fail and finish a run alike:
 - togi's callbacks beside the user's: metrics.jsonl and the loss plot, the NaN-loss and overfitting guard,
   the CPU thread governor, the progress bar, early stopping;
 - running the trainer: an out-of-memory error or a NaN loss stops the run with what to do about it;
-- the end: the result read back from the metrics, recorded in run.json, and the model card.
+- the end: the result read back from the metrics, recorded in run.json, and the model card;
+- several processes (``distributed.py``): they agree on rank 0's run directory, and only rank 0 prints and writes it.
 
 A recipe reads as::
 
@@ -33,6 +34,7 @@ from togi.models.device import DevicePlan, plan_device
 from togi.runs import Run, checkpoint_step
 from togi.train.result import RunResult, TrainingFailed
 from togi.train.callbacks import HealthGuard, MetricsRecorder, RichProgress
+from togi.train.distributed import Processes, join, rank_zeros, wait_for_everyone
 from togi.train.methods import ParameterCount
 from togi.train.run_dir import default_run_dir, file_fingerprint, library_versions, write_model_card
 from togi.train.threads import CpuThreadGovernor, thread_count_restored, threads_chosen_by_user
@@ -55,10 +57,13 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 class TrainingSession:
     def __init__(self, config: TrainConfig, run: Run, *, resuming: bool, console: Any, log: Callable[[str], None],
-                 callbacks: Sequence[Any]) -> None:
+                 callbacks: Sequence[Any], processes: Processes | None = None) -> None:
         self.config, self.run, self.resuming = config, run, resuming
+        self.processes = processes or Processes()
         self.checkpoint = run.last_checkpoint() if resuming else None
-        self.console, self.log, self.user_callbacks = console, log, list(callbacks)
+        self.main = self.processes.main  # only the main process prints and writes the run directory
+        self.console, self.log = (console, log) if self.main else (None, lambda message: None)
+        self.user_callbacks = list(callbacks)
         self.plan: DevicePlan = plan_device(config.training.precision)
         self.warnings: list[str] = []
         self.guard = HealthGuard(self.warn)
@@ -74,12 +79,16 @@ class TrainingSession:
         if resume_dir is not None and not resumable:
             raise TrainingFailed(f"a {config.task} run cannot be resumed: it saves no checkpoints to continue from", Path(resume_dir),
                                  hint="train again with a new output_dir")
-        run = Run(Path(resume_dir) if resume_dir else (config.output_dir or default_run_dir(config)))
+        processes = Processes.current()
+        if processes.several:
+            join(plan_device(config.training.precision).device)
+        run = Run(Path(resume_dir) if resume_dir else rank_zeros(config.output_dir or default_run_dir(config)))
         if not resume_dir and run.path.exists() and any(run.path.iterdir()):
             raise TrainingFailed(f"{run.path} already holds a run; choose another output_dir"
                                  + (f", or continue it with --resume {run.path}" if resumable else ""), run.path,
                                  "set output_dir (--output-dir) to a new directory")
-        return cls(config, run, resuming=resume_dir is not None, console=console, log=log, callbacks=callbacks)
+        wait_for_everyone()  # every process has looked before the main one writes
+        return cls(config, run, resuming=resume_dir is not None, console=console, log=log, callbacks=callbacks, processes=processes)
 
     @property
     def output_dir(self) -> Path:
@@ -137,6 +146,15 @@ class TrainingSession:
     def start(self, **facts: Any) -> None:
         """Write the recipe and run.json's first record (``facts`` beside the method, model, device and versions, and
         the custom loss); when resuming, forget the metrics a killed run logged after its last checkpoint."""
+        if self.resuming:
+            self.log(f"resuming from {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet: starting the run over")
+        if self.processes.several:
+            self.log(f"training on {self.processes.describe()} (distributed.strategy {getattr(self.config, 'distributed').strategy}); "
+                     "rank 0 writes the run directory")
+            facts["processes"] = {"world_size": self.processes.world_size, "nodes": self.processes.nodes,
+                                  "strategy": getattr(self.config, "distributed").strategy}
+        if not self.main:
+            return
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_config(self.config)
         if self.loss is not None:
@@ -145,13 +163,14 @@ class TrainingSession:
                             versions=library_versions(), started_at=int(time.time()), **facts)
         if self.resuming:
             self.run.drop_metrics_after(checkpoint_step(self.checkpoint) if self.checkpoint else 0)
-            self.log(f"resuming from {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet: starting the run over")
 
     def callbacks(self, *, has_val: bool, recorder: MetricsRecorder | None = None, extra: Sequence[Any] = (),
                   early_stopping: bool = True) -> list[Any]:
         """togi's callbacks, ``extra`` ones of the recipe, then the user's. ``recorder`` replaces the plain
         metrics recorder; early stopping (monitoring.early_stopping_patience) needs validation data, and a recipe
         whose arguments keep the best checkpoint."""
+        if not self.main:  # the others train alike; the main process records what they trained
+            return [self.guard, *extra, *self.user_callbacks]
         self.recorder = recorder or MetricsRecorder(self.run.metrics_path, self.run.plot_path)
         callbacks = [self.recorder, self.guard, *extra, *self.user_callbacks]
         if self.plan.device == "cpu" and not threads_chosen_by_user():
@@ -176,7 +195,7 @@ class TrainingSession:
                 output = trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
         except (RuntimeError, MemoryError) as error:
             if is_out_of_memory(error):
-                self.run.write_info(status="failed", error="out of memory")
+                self._write_info(status="failed", error="out of memory")
                 raise TrainingFailed(f"out of memory at batch size {self.config.training.batch_size}: {OOM_REMEDIES}", self.run.path) from None
             raise
         finally:
@@ -184,7 +203,7 @@ class TrainingSession:
                 self.recorder.refresh_plot()
         if self.guard.bad_loss_step is not None:
             last_good = self.run.last_checkpoint()
-            self.run.write_info(status="failed", error=f"loss became NaN or infinite at step {self.guard.bad_loss_step}",
+            self._write_info(status="failed", error=f"loss became NaN or infinite at step {self.guard.bad_loss_step}",
                                 last_good_checkpoint=str(last_good) if last_good else None)
             raise TrainingFailed(
                 f"the loss became NaN or infinite at step {self.guard.bad_loss_step}; training stopped and nothing was saved from that step "
@@ -210,9 +229,14 @@ class TrainingSession:
             scores={**evaluated, **{name: value for name, value in (scores or {}).items() if value is not None}},
             labels=list(labels), warnings=self.warnings, samples=list(samples),
         )
-        self.run.write_info(status=result.status, finished_at=int(time.time()), output=str(result.output_dir), warnings=self.warnings,
-                            result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
-                                    "tokens_per_second": result.tokens_per_second, **result.scores, "seconds": result.seconds},
-                            **facts)
-        write_model_card(self.run, self.config, self.run.info)
+        if self.main:
+            self.run.write_info(status=result.status, finished_at=int(time.time()), output=str(result.output_dir), warnings=self.warnings,
+                                result={"steps": result.steps, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                                        "tokens_per_second": result.tokens_per_second, **result.scores, "seconds": result.seconds},
+                                **facts)
+            write_model_card(self.run, self.config, self.run.info)
         return result
+
+    def _write_info(self, **updates: Any) -> None:
+        if self.main:
+            self.run.write_info(**updates)

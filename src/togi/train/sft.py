@@ -25,6 +25,7 @@ from togi.train.result import RunResult
 from togi.train.attention import PER_EXAMPLE_SDPA, per_example_attention
 from togi.train.custom_loss import CustomLoss
 from togi.train.data import load_training_data, save_split, tokenize_examples
+from togi.train.distributed import strategy_arguments, transformer_layer_classes
 from togi.train.label_weights import LABEL_WEIGHTS, LabelWeightCollator
 from togi.train.library_adapters import TrainSamplerHook, attention_implementation
 from togi.train.loss import compact_lm_loss, supports_compact_loss, unwrapped_causal_lm
@@ -50,7 +51,7 @@ def train_sft(
     from trl import SFTConfig, SFTTrainer
 
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
-    run, plan, warn = session.run, session.plan, session.warn
+    run, plan, warn, log = session.run, session.plan, session.warn, session.log  # silent on every process but the main one
     custom_loss = session.custom_loss()  # training.loss: found and its signature checked before any model loads
     source = resolve_model(config.model, log)
     check_method_fits(config, source)
@@ -65,10 +66,11 @@ def train_sft(
     log(f"data: {len(data.train)} training and {len(data.val)} validation examples; {plan.description}")
     for finding in data.warnings[:5]:
         warn(f"data: {finding}")
-    run.path.mkdir(parents=True, exist_ok=True)
-    save_split(data.train, run.split_path("train"))
-    if data.val:
-        save_split(data.val, run.split_path("val"))
+    if session.main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_split(data.train, run.split_path("train"))
+        if data.val:
+            save_split(data.val, run.split_path("val"))
     label_pattern = compile_label_pattern(config.monitoring.label_pattern)
     tokenized = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length, train_on_prompt=config.data.train_on_prompt,
                                   label_pattern=label_pattern, label_loss_weight=config.data.label_loss_weight)
@@ -113,9 +115,12 @@ def train_sft(
                  "batches keep the file's shuffled order")
             train_labels = None
 
-    arguments = _trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None)
-    # A loss of the user's sees the batch as the collator made it: no passes of bounded tokens, no shared prefix.
-    micro_batch_tokens = None if custom_loss else _micro_batch_tokens(config, plan, arguments.padding_free)
+    arguments = _trainer_arguments(SFTConfig, config, plan, run, has_val=val_set is not None,
+                                   distributed=strategy_arguments(config, session.processes, plan.device, plan.precision, run.path,
+                                                                  transformer_layer_classes(model)))
+    # A loss of the user's sees the batch as the collator made it: no passes of bounded tokens, no shared prefix. Several
+    # processes take one pass each per batch: a process taking more passes than another would wait on it forever.
+    micro_batch_tokens = None if custom_loss or session.processes.several else _micro_batch_tokens(config, plan, arguments.padding_free)
     if micro_batch_tokens:
         log(f"each forward and backward pass takes at most {micro_batch_tokens} tokens of a batch (training.micro_batch_tokens)")
     on_cpu_padding_free = plan.device == "cpu" and arguments.padding_free
@@ -134,10 +139,14 @@ def train_sft(
         session.dry_run_loss(custom_loss, trainer, train_set)
     output = session.train(trainer, around=per_example_attention(trainer.model) if on_cpu_padding_free else None)
 
-    trainer.save_model(str(session.output_dir))
+    trainer.save_model(str(session.output_dir))  # every process joins: FSDP gathers the whole weights on rank 0
+    if not session.main:
+        return session.finish(trainer, output, parameters=parameters)
     tokenizer.save_pretrained(str(session.output_dir))
     samples = []
-    if config.monitoring.samples:
+    if config.monitoring.samples and trainer.is_fsdp_enabled:
+        log("no sample answers: the model is sharded over the processes (read them with togi chat or togi eval)")
+    elif config.monitoring.samples:
         held_out = (data.val or data.train)[: config.monitoring.samples]
         load_base = None if config.traits.adapter else (lambda: load_causal_lm(source, plan))
         samples = sample_generations(trainer.model, tokenizer, held_out, load_base=load_base)
@@ -198,14 +207,16 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
             if self.args.train_sampling_strategy != "group_by_length":
                 return None  # the Trainer's own order
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return SeededLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
+            # Grouped by the whole step's batch, over every process: the same order on any number of them.
+            step_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            return SeededLengthGroupedSampler(lengths, step_batch, seed=seed)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             """On a CPU's padding-free path, a batch is trained in passes of at most ``micro_batch_tokens`` tokens
             (``micro_batches.py``), each with its examples' common prefix once (``shared_prefix.py``). Each pass's
             loss is divided by the labelled tokens of the whole batch (the Trainer's ``num_items_in_batch``), so
             the gradients and the returned loss add up to the whole batch's."""
-            sharing = (share_prefixes and attention_implementation(unwrapped_causal_lm(model)) == PER_EXAMPLE_SDPA
+            sharing = (share_prefixes and attention_implementation(unwrapped_causal_lm(self.model)) == PER_EXAMPLE_SDPA
                        and self._compact_loss_applies(model, inputs, weighted=LABEL_WEIGHTS in inputs))
             pieces = [inputs]
             if micro_batch_tokens and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
@@ -263,10 +274,14 @@ def _trainer_class(sft_trainer: type, scorer: TaskScorer | None = None, warn: Ca
     return TogiSFTTrainer
 
 
-def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool) -> Any:
+def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: DevicePlan, run: Run, *, has_val: bool,
+                       distributed: dict[str, Any] | None = None) -> Any:
+    """SFTConfig for the recipe; ``distributed``: the strategy's arguments on several processes (``distributed.py``)."""
     training, monitoring = config.training, config.monitoring
     virtual_tokens = config.traits.virtual_tokens
     activation_checkpointing = plan.device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
+    if (distributed or {}).get("fsdp_config", {}).get("activation_checkpointing"):
+        activation_checkpointing = False  # FSDP checkpoints the blocks itself
     return sft_config_class(
         output_dir=str(run.checkpoints_dir),
         num_train_epochs=training.epochs,
@@ -308,4 +323,5 @@ def _trainer_arguments(sft_config_class: type, config: TrainConfig, plan: Device
         # togi's tokenized datasets hold only what the batches need: input_ids, labels, and label_weights
         # (data.label_loss_weight), which the Trainer would otherwise drop as a column the model does not take.
         remove_unused_columns=False,
+        **(distributed or {}),
     )
