@@ -101,8 +101,11 @@ def test_a_two_process_run_killed_mid_run_resumes_on_two_processes_to_the_same_w
     deadline = time.time() + 300
     while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+    os.killpg(killed.pid, signal.SIGKILL)  # the launcher; torchrun started each rank in a session of its own
     killed.wait()
+    steps_at_kill = len(train_losses(tmp_path / "killed"))
+    time.sleep(3)  # ranks left running would go on logging steps, and save the adapter
+    assert len(train_losses(tmp_path / "killed")) == steps_at_kill, "the ranks outlived their launcher"
     assert not (tmp_path / "killed" / "adapter").exists(), "the run finished before it could be killed"
 
     resumed = subprocess.run([sys.executable, "-m", "togi", "train", "--resume", str(tmp_path / "killed"), "--nproc-per-node", "2"],
@@ -210,3 +213,35 @@ def test_two_fsdp_processes_train_the_model_one_process_trains(tmp_path, tiny_mo
         assert sharded == pytest.approx(single, rel=1e-3)
     one, two = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("one", "two"))
     assert one.keys() == two.keys()
+
+
+def test_the_server_runs_a_job_on_the_processes_it_asks_for_from_the_worker_slots(tmp_path, tiny_model_dir, train_file):
+    """The openai client asks for 2 processes with extra_body (togi's own field); `togi serve --workers 2` has 2 slots,
+    so a second job waits until the first has given them back, and a job asking for 3 is refused at once."""
+    openai = pytest.importorskip("openai")
+    from test_serve import Server, togi, upload, wait_for
+
+    server = Server(tmp_path / "data", tiny_model_dir, "--workers", "2").start()
+    try:
+        key = togi("serve", "keys", "create", "--org", "acme", "--data-dir", server.data_dir).stdout.strip()
+        client = server.client(key)
+        training = upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(24)))
+        hyper = {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}}}}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(model="tiny", training_file=training.id, extra_body={"processes": 3}, **hyper)
+        assert refused.value.body["param"] == "processes" and "--workers" in refused.value.body["message"]
+
+        wide = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, extra_body={"processes": 2}, **hyper)
+        narrow = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, **hyper)
+        wide, narrow = wait_for(client, wide.id, timeout=300), wait_for(client, narrow.id, timeout=300)
+        assert wide.status == narrow.status == "succeeded", (wide.error, narrow.error)
+        run_info = json.loads((server.data_dir / "jobs" / wide.id / "run" / "run.json").read_text())
+        assert run_info["processes"]["world_size"] == 2
+        narrow_started = next(event.created_at for event in client.fine_tuning.jobs.list_events(narrow.id, limit=100)
+                              if event.message == "Fine-tuning job started")
+        assert narrow_started >= wide.finished_at  # its one slot was free only when the 2-process job ended
+        steps = [event for event in client.fine_tuning.jobs.list_events(wide.id, limit=100) if event.type == "metrics"]
+        assert steps and client.chat.completions.create(model=wide.fine_tuned_model, messages=[{"role": "user", "content": "在庫は？"}],
+                                                        max_tokens=4).choices[0].message.content is not None
+    finally:
+        server.stop()

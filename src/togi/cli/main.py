@@ -19,6 +19,7 @@ from togi.cli.predict import predict_command
 from togi.cli.serve import jobs_app, serve_app
 from togi.cli.terminal import echo, styled
 from togi.cli.train import train_command
+from togi.cli.estimate import estimate_command
 from togi.cli.tune import tune_command
 from togi.version import __version__
 from togi.config import ConfigError
@@ -82,6 +83,7 @@ data.app.command("augment")(augment_command)
 app.add_typer(data.app, name="data")
 app.command("train")(train_command)
 app.command("tune")(tune_command)
+app.command("estimate")(estimate_command)
 app.add_typer(eval_app, name="eval")
 app.command("export")(export_command)
 app.command("chat")(chat_command)

@@ -245,9 +245,23 @@ def results_csv(run_dir: Path) -> str:
     return out.getvalue()
 
 
+def _train(config: TrainConfig, resume_dir: Path | None, processes: int) -> Path:
+    """Train in this process, or on several through togi train's launcher (each rank a child of this one, so that
+    cancelling the job's process group ends them all)."""
+    from togi.train import train
+
+    if processes == 1:
+        return train(config, resume_dir=resume_dir, log=lambda message: None).output_dir
+    from togi.train.launch import Launch, launch_training
+    from togi.train.runnable import check_runnable
+
+    check_runnable(config, processes=processes)
+    launch_training(Launch(processes), None if resume_dir else config, resume_dir=resume_dir)
+    return Run(config.output_dir).output_dir_for(config)
+
+
 def run_job(data_dir: Path, job_id: str) -> int:
     """The job process: train, report, and leave the job in a terminal state (unless it was cancelled or paused)."""
-    from togi.train import train
     from togi.serve.files import store_bytes
 
     store = SQLiteStore(data_dir / "togi.db")
@@ -263,7 +277,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps):
-            output_dir = train(config, resume_dir=run_dir if resuming else None, log=lambda message: None).output_dir
+            output_dir = _train(config, run_dir if resuming else None, int(job["internal"].get("processes") or 1))
     except Exception as error:  # the job fails; the server goes on
         if get_job(store, job_id)["status"] == "running":
             message = user_message(error, job, data_dir)

@@ -39,6 +39,10 @@ def _stop_process_group(pid: int, grace: float = 5.0) -> None:
         pass
 
 
+def processes_of(job: FineTuningJob) -> int:
+    return int(job["internal"].get("processes") or 1)
+
+
 def _is_job_process(pid: int | None, job_id: str) -> bool:
     try:
         return pid is not None and job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -50,6 +54,7 @@ class Scheduler:
     def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5) -> None:
         self.store, self.data_dir, self.slots, self.poll_seconds = store, data_dir, slots, poll_seconds
         self.children: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, int] = {}  # each running job's training processes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="togi-scheduler", daemon=True)
@@ -117,8 +122,14 @@ class Scheduler:
         self._reap()
         queued = list(reversed(list_jobs(self.store, status="queued")))
         with self._lock:
-            for job in queued[: max(0, self.slots - len(self.children))]:
+            for job in queued:  # oldest first; a job waits for as many free slots as it has processes, and those after it wait too
+                if processes_of(job) > self.slots - self.busy_slots():
+                    break
                 self._launch(job)
+
+    def busy_slots(self) -> int:
+        """The worker slots the running jobs hold: one per training process."""
+        return sum(self.processes[job_id] for job_id in self.children)
 
     def _validate(self, job: FineTuningJob) -> None:
         paths, model, method = job["internal"]["paths"], job["internal"]["model_reference"], job["method"]["type"]
@@ -146,6 +157,7 @@ class Scheduler:
             child = subprocess.Popen([sys.executable, "-m", "togi.serve.jobs", str(self.data_dir), job["id"]], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.children[job["id"]] = child
+        self.processes[job["id"]] = processes_of(job)
         update_job(self.store, job["id"], internal={**job["internal"], "pid": child.pid})
 
     def _reap(self) -> None:
@@ -154,6 +166,7 @@ class Scheduler:
                 if child.poll() is None:
                     continue
                 del self.children[job_id]
+                self.processes.pop(job_id, None)
                 job = get_job(self.store, job_id)
                 if job and job["status"] == "running":  # the process died without finishing its job
                     update_job(self.store, job_id, status="failed", finished_at=int(time.time()),

@@ -116,6 +116,9 @@ class JobRequest(TopLevelBody):
     integrations: Optional[list[Any]] = None
     hyperparameters: Optional[DpoHyperparameters] = None
     method: Optional[Method] = None
+    # togi's own field, beside OpenAI's (the openai client sends it with extra_body={"processes": 2}): a supervised job
+    # trained on this many processes of the server's worker slots (togi serve --workers), through togi train's launcher.
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
     def _beta_only_for_dpo(self) -> JobRequest:

@@ -57,6 +57,11 @@ def create_job(body: JobRequest, state: State, org: Organization):
     method_type = method["type"]
     requested = dict((method.get(method_type) or {}).get("hyperparameters") or {})
     _check_learning_rate(method)
+    if body.processes > state.scheduler.slots:
+        raise APIError(400, f"processes {body.processes} is more than this server's {state.scheduler.slots} worker slot(s), so the job "
+                       "could never start; ask for fewer, or start togi serve with --workers as many", "invalid_request", "processes")
+    if body.processes > 1 and method_type != "supervised":
+        raise APIError(400, f"processes {body.processes}: only supervised jobs train on several processes", "invalid_request", "processes")
     job_id = new_id("ftjob")
     job = {"id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "finished_at": None, "model": body.model,
            "fine_tuned_model": None, "organization_id": org, "status": "validating_files", "error": None,
@@ -66,7 +71,7 @@ def create_job(body: JobRequest, state: State, org: Organization):
            "method": method, "result_files": [], "trained_tokens": None, "training_file": body.training_file,
            "validation_file": body.validation_file, "seed": body.seed if body.seed is not None else secrets.randbelow(2**31),
            "estimated_finish": None, "integrations": body.integrations or [], "metadata": body.metadata, "suffix": body.suffix,
-           "internal": {"model_reference": state.base_models[body.model], "paths": paths,
+           "internal": {"model_reference": state.base_models[body.model], "paths": paths, "processes": body.processes,
                         "fine_tuned_model": fine_tuned_model_name(body.model, org, body.suffix, job_id)}}
     if method_type not in ("supervised", "dpo"):
         job.update(status="failed", finished_at=int(time.time()),
