@@ -12,7 +12,7 @@ from rich.text import Text
 
 from togi.cli.common import fail, quiet_libraries
 from togi.cli.terminal import make_console
-from togi.config import load_config
+from togi.config import TrainConfig, load_config
 from togi.train.memory_plan import GB, MemoryEstimate, ModelShape, Setup, estimate, largest_batch, model_shape, parse_memory, recipe_setup
 
 console = make_console()
@@ -56,7 +56,7 @@ def estimate_command(
     recipe_estimate = estimate(shape, setup)
     console.print(_parts_table(recipe_estimate, devices))
     if memory is not None:
-        _verdict(config.method, shape, setup, recipe_estimate, memory)
+        _verdict(config, shape, setup, recipe_estimate, memory)
     console.print(_methods_table(config, setup, memory))
 
 
@@ -70,48 +70,42 @@ def _parts_table(memory: MemoryEstimate, devices: int) -> Table:
     return table
 
 
-def _verdict(method: str, shape: ModelShape, setup: Setup, memory: MemoryEstimate, capacity: float) -> None:
+def _verdict(config: TrainConfig, shape: ModelShape, setup: Setup, memory: MemoryEstimate, capacity: float) -> None:
     batch = largest_batch(shape, setup, capacity)
     if memory.total <= capacity:
         console.print(Text(f"✓ fits: {memory.total / GB:.1f} of {capacity / GB:g} GB; the largest batch that fits is {batch}", style="green"))
         return
     console.print(Text(f"✗ does not fit: {memory.total / GB:.1f} GB needed, {capacity / GB:g} GB per GPU"
                        + (f"; batch {batch} would" if batch else ""), style="red"))
-    cheaper = _cheapest_that_fits(method, shape, setup, capacity)
+    cheaper = _cheapest_that_fits(config, shape, setup, capacity)
     if cheaper:
         console.print(Text(f"cheapest that fits: {cheaper}", style="yellow"), soft_wrap=True)
     else:
         console.print(Text("nothing tried fits: more GPUs, or GPUs with more memory (try --gpus)", style="yellow"))
 
 
-def _cheapest_that_fits(method: str, shape: ModelShape, setup: Setup, capacity: float) -> str | None:
+def _cheapest_that_fits(config: TrainConfig, shape: ModelShape, setup: Setup, capacity: float) -> str | None:
     """The first of these that fits, from the least change to the recipe to the most."""
+    method = config.method
     candidates = [("training.gradient_checkpointing: true", setup.method, replace(setup, checkpointing=True))]
     if setup.devices > 1:
         candidates += [("distributed.strategy: fsdp", method, replace(setup, strategy="fsdp", checkpointing=True)),
                        ("distributed.strategy: deepspeed, zero_stage 3 with offload_optimizer", method,
                         replace(setup, strategy="deepspeed", zero_stage=3, offload_optimizer=True, checkpointing=True))]
-    candidates += [("method: lora with gradient checkpointing", "lora", replace(setup, method="lora", checkpointing=True)),
-                   ("method: qlora with gradient checkpointing", "qlora", replace(setup, method="qlora", checkpointing=True))]
+    dropout = config.lora.dropout
+    candidates += [("method: lora with gradient checkpointing", "lora", replace(setup, method="lora", checkpointing=True, lora_dropout=dropout)),
+                   ("method: qlora with gradient checkpointing", "qlora", replace(setup, method="qlora", checkpointing=True, lora_dropout=dropout))]
     for description, candidate_method, candidate in candidates:
         if candidate_method != method and method in ("lora", "qlora") and candidate_method == "lora":
             continue
-        candidate_shape = shape if candidate_method == method else _shape_for(shape, candidate_method)
+        candidate_shape = shape if candidate_method == method else model_shape(config, method="lora")  # QLoRA trains LoRA's weights
         total = estimate(candidate_shape, candidate).total
         if total <= capacity:
             return f"{description} ({total / GB:.1f} GB; batch up to {largest_batch(candidate_shape, candidate, capacity)})"
     return None
 
 
-def _shape_for(shape: ModelShape, method: str) -> ModelShape:
-    """The shape with another method's trained parameters (LoRA r=16 on every linear layer for lora and qlora)."""
-    if method == "full":
-        return replace(shape, trainable=shape.parameters)
-    per_block = 16 * (4 * shape.hidden + 2 * shape.key_value + 2 * shape.hidden + 3 * (shape.hidden + shape.intermediate))
-    return replace(shape, trainable=per_block * shape.blocks)
-
-
-def _methods_table(config, setup: Setup, capacity: float | None) -> Table:
+def _methods_table(config: TrainConfig, setup: Setup, capacity: float | None) -> Table:
     table = Table(title="the methods side by side (this recipe's other settings)", title_justify="left")
     for column in ("method", "trained", "GB per device", *(("fits", "largest batch") if capacity else ())):
         table.add_column(column, justify="left" if column in ("method", "fits") else "right")
@@ -119,7 +113,7 @@ def _methods_table(config, setup: Setup, capacity: float | None) -> Table:
         if method == "qlora" and setup.device != "cuda":
             continue
         shape = model_shape(config, method="lora" if method == "qlora" else method)
-        method_setup = replace(setup, method=method)
+        method_setup = replace(setup, method=method, lora_dropout=config.lora.dropout if method in ("lora", "qlora") else 0.0)
         total = estimate(shape, method_setup).total
         row = [method, f"{shape.trainable / 1e6:,.1f}M", f"{total / GB:.1f}"]
         if capacity:

@@ -72,11 +72,8 @@ def train_command(
         config = load_config(recipe, overrides)
     if nproc_per_node is not None or nnodes > 1:
         from togi.train.launch import Launch, launch_training
-        from togi.train.runnable import check_runnable
 
-        launch = Launch(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
-        check_runnable(config, processes=launch.nproc_per_node * launch.nnodes)  # before any process starts
-        launch_training(launch, None if resume else config, resume_dir=resume)
+        launch_training(Launch(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port), config, resume_dir=resume)
         return
     _run(config, resume)
 

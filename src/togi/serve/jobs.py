@@ -253,10 +253,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, processes: int) -> Path
     if processes == 1:
         return train(config, resume_dir=resume_dir, log=lambda message: None).output_dir
     from togi.train.launch import Launch, launch_training
-    from togi.train.runnable import check_runnable
 
-    check_runnable(config, processes=processes)
-    launch_training(Launch(processes), None if resume_dir else config, resume_dir=resume_dir)
+    launch_training(Launch(processes), config, resume_dir=resume_dir)
     return Run(config.output_dir).output_dir_for(config)
 
 

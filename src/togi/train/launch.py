@@ -53,18 +53,22 @@ class Launch:
                 f"--master-port={self.master_port}"]
 
 
-def launch_training(launch: Launch, config: TrainConfig | None, *, resume_dir: Path | None = None) -> None:
-    """Train ``config`` (or continue the run in ``resume_dir``) on the processes ``launch`` describes, and wait for them.
-    A process that fails ends the others and raises TogiError; each process has printed its own error first."""
+def launch_training(launch: Launch, config: TrainConfig, *, resume_dir: Path | None = None) -> None:
+    """Train ``config`` (or continue the run in ``resume_dir``, whose recipe ``config`` is) on the processes ``launch``
+    describes, and wait for them. The recipe is checked against the machine first, before any process starts. A process
+    that fails ends the others and raises TogiError; each process has printed its own error first."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from togi.train.runnable import check_runnable
+
     launch.check()
-    if config is not None and config.output_dir is None:  # one name for every process (a default one holds the time)
+    check_runnable(config, processes=launch.nproc_per_node * launch.nnodes)
+    if resume_dir is None and config.output_dir is None:  # one name for every process (a default one holds the time)
         from togi.train.run_dir import default_run_dir
 
         config = config.model_copy(update={"output_dir": default_run_dir(config)})
-    with _recipe_file(config) as recipe:
+    with _recipe_file(None if resume_dir else config) as recipe:
         arguments = ["--resume", str(resume_dir)] if resume_dir is not None else [str(recipe)]
         torchrun = get_args_parser().parse_args([*launch.torchrun_arguments(), "--module", "togi", "train", *arguments])
         if "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, rather than torchrun's default of one thread each
