@@ -118,6 +118,23 @@ def test_a_two_process_run_killed_mid_run_resumes_on_two_processes_to_the_same_w
     assert train_losses(tmp_path / "killed")[-1] == pytest.approx(train_losses(tmp_path / "whole")[-1], rel=1e-5)
 
 
+def test_two_nodes_meet_at_the_master_address_and_train_one_run(tmp_path, tiny_model_dir, train_file):
+    """Two nodes of one process each, both on loopback: what two machines run, each with its --node-rank."""
+    from test_serve import free_port
+
+    port = str(free_port())
+    nodes = ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port]
+    command = togi_train(tiny_model_dir, train_file, tmp_path / "run", processes=1, batch=2, steps=4) + ["--nproc-per-node", "1", *nodes]
+    second = subprocess.Popen([*command, "--node-rank", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.run([*command, "--node-rank", "0"], capture_output=True, text=True, timeout=300)
+    second_out, _ = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    assert "✓ succeeded" in first.stdout and "✓ succeeded" not in second_out  # node 0's rank 0 reports
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["processes"] == {"world_size": 2, "nodes": 2, "strategy": "ddp"}
+    assert [step for step, _ in train_losses(tmp_path / "run")] == [1, 2, 3, 4]
+
+
 def test_fsdp_and_deepspeed_are_turned_away_on_a_machine_without_gpus_before_any_process_starts(tmp_path, tiny_model_dir, train_file, cli):
     cpu = Machine(cuda=False, installed=frozenset())
     for strategy in ("fsdp", "deepspeed"):
