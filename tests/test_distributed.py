@@ -154,11 +154,28 @@ def test_fsdp_and_deepspeed_are_turned_away_on_a_machine_without_gpus_before_any
     assert not (tmp_path / "run").exists()
 
 
-def test_only_supervised_fine_tuning_trains_on_several_processes(train_file, tmp_path):
+@pytest.mark.parametrize("stage", ["dpo", "reward"])
+def test_a_preference_stage_on_two_processes_starts_from_the_single_process_loss(tmp_path, tiny_model_dir, stage):
+    from test_preference import pairs
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(0, 16))
+    one = subprocess.run(togi_train(tiny_model_dir, data, tmp_path / "one", "--stage", stage, steps=3), capture_output=True, text=True)
+    two = subprocess.run(togi_train(tiny_model_dir, data, tmp_path / "two", "--stage", stage, processes=2, batch=2, steps=3),
+                         capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count(f"stage {stage} finished") == 1
+    first = [train_losses(tmp_path / run)[0][1] for run in ("one", "two")]
+    assert first[1] == pytest.approx(first[0], rel=1e-5)  # the same 4 pairs make the first step, averaged alike
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"]["world_size"] == 2
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_only_chat_training_trains_on_several_processes_and_not_rlhf(train_file, tmp_path):
     cpu = Machine(cuda=False, installed=frozenset())
-    dpo = load_config(None, [f"data.train_file={train_file}", "stage=dpo"])
+    check_runnable(load_config(None, [f"data.train_file={train_file}", "stage=dpo"]), cpu, processes=2)
+    rlhf = load_config(None, [f"data.train_file={train_file}", "stage=rlhf", "rlhf.reward_function=rewards:polite"])
     with pytest.raises(ConfigError) as error:
-        check_runnable(dpo, cpu, processes=2)
+        check_runnable(rlhf, cpu, processes=2)
     assert error.value.issues[0].path == "stage" and "--nproc-per-node" in error.value.issues[0].hint
     with pytest.raises(ConfigError) as error:
         load_config(None, [f"data.train_file={train_file}", "task=classification", "distributed.strategy=ddp"])

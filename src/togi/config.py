@@ -408,6 +408,7 @@ class PreferenceConfig(TrainConfig):
 
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     rlhf: RLHFSettings = Field(default_factory=RLHFSettings)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     @model_validator(mode="after")
     def _stage_fits(self) -> PreferenceConfig:
@@ -456,7 +457,7 @@ SECTION_OWNERS: dict[str, tuple[type[TrainConfig], str]] = {
     "classification": (ClassificationConfig, "task: classification"),
     "preference": (PreferenceConfig, "a preference stage (stage: dpo, orpo, kto, reward or rlhf)"),
     "rlhf": (PreferenceConfig, "stage: rlhf"),
-    "distributed": (ChatConfig, "stage: sft of task: chat (only supervised fine-tuning trains on several processes)"),
+    "distributed": (ChatConfig, "task: chat (a chat model's training, not a classifier's, runs on several processes)"),
 }
 RECIPE_KINDS: dict[str, type[TrainConfig]] = {"chat": ChatConfig, "preference": PreferenceConfig, "classification": ClassificationConfig}
 RECIPE_DESCRIPTIONS: dict[type[TrainConfig], str] = {ChatConfig: "supervised fine-tuning of a chat model (task chat, stage sft)",

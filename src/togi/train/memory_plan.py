@@ -203,7 +203,7 @@ def largest_batch(shape: ModelShape, setup: Setup, memory: float) -> int:
 
 def recipe_setup(config: TrainConfig, device: str, devices: int) -> Setup:
     """The Setup a recipe trains with on ``devices`` devices of kind ``device``."""
-    from togi.config import CPU_MICRO_BATCH_TOKENS, ChatConfig
+    from togi.config import CPU_MICRO_BATCH_TOKENS
     from togi.models.device import plan_device
 
     training = config.training
@@ -213,7 +213,7 @@ def recipe_setup(config: TrainConfig, device: str, devices: int) -> Setup:
     if device == "cpu" and devices == 1:
         setting = training.micro_batch_tokens
         pass_tokens = CPU_MICRO_BATCH_TOKENS.get(precision) if setting == "auto" else setting
-    distributed = config.distributed if isinstance(config, ChatConfig) else None
+    distributed = getattr(config, "distributed", None)  # a classifier has no distributed section
     return Setup(method=config.method, device=device, precision=precision, batch_size=training.batch_size,
                  sequence_length=config.data.max_length, pass_tokens=pass_tokens, checkpointing=checkpointing or bool(
                      distributed and distributed.strategy == "fsdp" and distributed.fsdp.activation_checkpointing),

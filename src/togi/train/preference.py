@@ -34,6 +34,7 @@ from togi.models.resolve import load_tokenizer, resolve_model
 from togi.runs import Run
 from togi.train.result import RunResult
 from togi.train.callbacks import MetricsRecorder
+from togi.train.distributed import strategy_arguments, transformer_layer_classes
 from togi.train.methods import apply_method, count_parameters, lora_config
 from togi.train.session import TrainingSession
 
@@ -132,7 +133,7 @@ def train_stage(config: TrainConfig, *, resume_dir: Path | str | None = None, co
 
     stage = config.stage
     session = TrainingSession.open(config, resume_dir=resume_dir, console=console, log=log, callbacks=callbacks)
-    run, plan = session.run, session.plan
+    run, plan, log = session.run, session.plan, session.log  # silent on every process but the main one
     rows = preference_rows(config.data.train_file, stage)
     val_rows = preference_rows(config.data.val_file, stage) if config.data.val_file else []
     fingerprints = session.fingerprint_data()
@@ -149,33 +150,36 @@ def train_stage(config: TrainConfig, *, resume_dir: Path | str | None = None, co
         model.config.pad_token_id = tokenizer.pad_token_id
         if config.traits.lora:
             model = peft.get_peft_model(model, lora_config(model, config, peft.TaskType.SEQ_CLS))
+    else:
+        model = apply_method(load_causal_lm(source, plan), config, source.directory)
+    arguments.update(strategy_arguments(config, session.processes, plan.device, plan.precision, run.path, transformer_layer_classes(model)))
+
+    if stage == "reward":
         from trl import RewardConfig, RewardTrainer
 
         trainer_class, args, extra = RewardTrainer, RewardConfig(**arguments), {}
+    elif stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        trainer_class, args, extra = DPOTrainer, DPOConfig(**arguments, beta=beta, loss_type=[config.preference.loss_type]), {}
+    elif stage == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        trainer_class, args, extra = ORPOTrainer, ORPOConfig(**arguments, beta=beta), {}
+    elif stage == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        trainer_class, args, extra = KTOTrainer, KTOConfig(**arguments, beta=beta), {}
     else:
-        model = apply_method(load_causal_lm(source, plan), config, source.directory)
-        if stage == "dpo":
-            from trl import DPOConfig, DPOTrainer
+        from trl import GRPOConfig, GRPOTrainer
 
-            trainer_class, args, extra = DPOTrainer, DPOConfig(**arguments, beta=beta, loss_type=[config.preference.loss_type]), {}
-        elif stage == "orpo":
-            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-            trainer_class, args, extra = ORPOTrainer, ORPOConfig(**arguments, beta=beta), {}
-        elif stage == "kto":
-            from trl import KTOConfig, KTOTrainer
-
-            trainer_class, args, extra = KTOTrainer, KTOConfig(**arguments, beta=beta), {}
-        else:
-            from trl import GRPOConfig, GRPOTrainer
-
-            settings = config.rlhf
-            reward = _reward_model(settings.reward_model) if settings.reward_model else load_reward_function(settings.reward_function or "")
-            arguments["per_device_train_batch_size"] = max(config.training.batch_size, settings.num_generations)
-            trainer_class = GRPOTrainer
-            args = GRPOConfig(**arguments, num_generations=settings.num_generations, max_completion_length=settings.max_new_tokens,
-                              temperature=settings.temperature)
-            extra = {"reward_funcs": [reward]}
+        settings = config.rlhf
+        reward = _reward_model(settings.reward_model) if settings.reward_model else load_reward_function(settings.reward_function or "")
+        arguments["per_device_train_batch_size"] = max(config.training.batch_size, settings.num_generations)
+        trainer_class = GRPOTrainer
+        args = GRPOConfig(**arguments, num_generations=settings.num_generations, max_completion_length=settings.max_new_tokens,
+                          temperature=settings.temperature)
+        extra = {"reward_funcs": [reward]}
     parameters = count_parameters(model)
     log(f"stage {stage}: {len(rows)} training rows; {parameters}")
 
@@ -188,8 +192,9 @@ def train_stage(config: TrainConfig, *, resume_dir: Path | str | None = None, co
                             eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tokenizer,
                             callbacks=session.callbacks(has_val=bool(val_rows), recorder=StageLog(run), early_stopping=False), **extra)
     output = session.train(trainer)
-    trainer.save_model(str(session.output_dir))
-    tokenizer.save_pretrained(str(session.output_dir))
+    trainer.save_model(str(session.output_dir))  # every process joins: FSDP gathers the whole weights on rank 0
+    if session.main:
+        tokenizer.save_pretrained(str(session.output_dir))
     return session.finish(trainer, output, parameters=parameters)
 
 

@@ -55,11 +55,10 @@ def check_runnable(config: TrainConfig, machine: Machine | None = None, processe
 
 
 def _distributed_issues(config: TrainConfig, machine: Machine) -> list[ConfigIssue]:
-    from togi.config import ChatConfig
-
-    if not isinstance(config, ChatConfig):
-        return [ConfigIssue("stage" if config.task == "chat" else "task", f"{config.task} {config.stage} trains on one process; only "
-                            "supervised fine-tuning (task chat, stage sft) trains on several", "drop --nproc-per-node, or run it without torchrun")]
+    if config.task != "chat" or config.stage == "rlhf":
+        return [ConfigIssue("stage" if config.task == "chat" else "task", f"{config.task} {config.stage} trains on one process; supervised "
+                            "fine-tuning and the dpo, orpo, kto and reward stages train on several",
+                            "drop --nproc-per-node, or run it without torchrun")]
     strategy = config.distributed.strategy
     if strategy == "fsdp" and not machine.cuda:
         # accelerate enables its FSDP plugin only for processes on accelerators (CUDA, XPU, NPU, ...), never on CPUs.

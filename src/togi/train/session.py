@@ -149,10 +149,9 @@ class TrainingSession:
         if self.resuming:
             self.log(f"resuming from {self.checkpoint}" if self.checkpoint else "no checkpoint was saved yet: starting the run over")
         if self.processes.several:
-            self.log(f"training on {self.processes.describe()} (distributed.strategy {getattr(self.config, 'distributed').strategy}); "
-                     "rank 0 writes the run directory")
-            facts["processes"] = {"world_size": self.processes.world_size, "nodes": self.processes.nodes,
-                                  "strategy": getattr(self.config, "distributed").strategy}
+            strategy = getattr(self.config, "distributed").strategy  # check_runnable lets only recipes with the section get here
+            self.log(f"training on {self.processes.describe()} (distributed.strategy {strategy}); rank 0 writes the run directory")
+            facts["processes"] = {"world_size": self.processes.world_size, "nodes": self.processes.nodes, "strategy": strategy}
         if not self.main:
             return
         self.run.path.mkdir(parents=True, exist_ok=True)
