@@ -89,7 +89,7 @@ class MemoryEstimate:
 
 def model_shape(config: TrainConfig, method: str | None = None) -> ModelShape:
     """The recipe's model built on the meta device from its config.json, with ``method`` (default: the recipe's) applied."""
-    from accelerate import init_empty_weights
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from togi.models.resolve import ModelNotFound, resolve_model
@@ -105,7 +105,7 @@ def model_shape(config: TrainConfig, method: str | None = None) -> ModelShape:
             raise ModelNotFound(f"no config.json for model {config.model}: {str(error).splitlines()[0]}",
                                 "give a model directory, or a directory holding only its config.json (see examples/shapes/)") from None
     text = model_config.get_text_config()
-    with init_empty_weights():
+    with torch.device("meta"):  # (accelerate's init_empty_weights leaves tied embeddings untied: the head counted twice)
         skeleton = AutoModelForCausalLM.from_config(model_config)
         parameters, quantizable = sum(p.numel() for p in skeleton.parameters()), _block_linear_parameters(skeleton)
         trained = _with_method(skeleton, config if method is None else config.model_copy(update={"method": method}))
