@@ -273,3 +273,23 @@ def test_a_run_directory_as_the_base_model_is_named_with_the_way_to_its_weights(
     assert not (tmp_path / "second").exists()
     checked = cli("data", "check", train_file, "--model", run_dir)
     assert checked.exit_code == 2 and f"{run_dir} is a togi run directory, not a model" in checked.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_run_killed_after_its_last_checkpoint_saves_that_checkpoint_without_another_step(tmp_path, tiny_model_dir, train_file, method):
+    """Killed between the checkpoint of its last step and the save of its model: resuming saves the checkpoint's weights
+    (transformers would train a step past max_steps first, at a learning rate past the schedule's end)."""
+    result = run(tmp_path, tiny_model_dir, train_file, method, "training.scheduler=constant", steps=6, learning_rate=1e-2)
+    finished = {path.name: path.read_bytes() for path in result.output_dir.iterdir() if path.suffix == ".safetensors"}
+    for path in result.output_dir.iterdir():
+        path.unlink()
+    result.output_dir.rmdir()
+    again = train(load_config(result.run_dir / "config.yaml"), resume_dir=result.run_dir, log=lambda message: None)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(record["step"] for record in records) == 6 and again.steps == 6
+    saved = {name: load_file(again.output_dir / name) for name in finished}
+    from safetensors.torch import load as load_bytes
+
+    for name, data in finished.items():
+        before = load_bytes(data)
+        assert before.keys() == saved[name].keys() and all(torch.equal(before[key], saved[name][key]) for key in before)

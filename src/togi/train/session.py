@@ -50,6 +50,13 @@ OOM_REMEDIES = (
 TASK_SCORES = ("accuracy", "macro_f1", "exact_match", "rouge_l")  # what an evaluation may score besides the loss
 
 
+def _finished_at(checkpoint: Path) -> bool:
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     message = str(error).lower()
     return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
@@ -189,6 +196,8 @@ class TrainingSession:
 
         trainer.remove_callback(PrinterCallback)  # togi logs to metrics.jsonl and draws its own progress bar
         trainer.remove_callback(ProgressCallback)
+        if self.checkpoint is not None and _finished_at(self.checkpoint):
+            return self._restore_finished_run(trainer)
         try:
             with thread_count_restored(), around or nullcontext():
                 output = trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
@@ -235,6 +244,30 @@ class TrainingSession:
                                 **facts)
             write_model_card(self.run, self.config, self.run.info)
         return result
+
+    def _restore_finished_run(self, trainer: Any) -> Any:
+        """A run killed after its last step's checkpoint, before its model was saved: the checkpoint's weights (the best
+        one's, when the run keeps the best) are the run's result, as they would have been. transformers, resumed from
+        a checkpoint at max_steps, would train one more step before it looks at the step count."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        state = TrainerState.load_from_json(str(self.checkpoint / "trainer_state.json"))
+        source = Path(state.best_model_checkpoint) if trainer.args.load_best_model_at_end and state.best_model_checkpoint else self.checkpoint
+        if (source / "adapter_model.safetensors").is_file():
+            set_peft_model_state_dict(trainer.model, load_file(source / "adapter_model.safetensors"))
+        elif (source / "model.safetensors.index.json").is_file():
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            load_sharded_checkpoint(trainer.model, str(source))
+        else:  # not strict: a tied head is saved once, under the embeddings' name
+            trainer.model.load_state_dict(load_file(source / "model.safetensors"), strict=False)
+        trainer.state = state
+        self.log(f"the run had finished its {state.max_steps} steps at {self.checkpoint.name}: saving its model from there")
+        losses = [record["train_loss"] for record in self.run.metrics() if "train_loss" in record]
+        return TrainOutput(state.global_step, losses[-1] if losses else 0.0, {})
 
     def _write_info(self, **updates: Any) -> None:
         if self.main:
