@@ -71,10 +71,12 @@ def launch_training(launch: Launch, config: TrainConfig, *, resume_dir: Path | N
     with _recipe_file(None if resume_dir else config) as recipe:
         arguments = ["--resume", str(resume_dir)] if resume_dir is not None else [str(recipe)]
         torchrun = get_args_parser().parse_args([*launch.torchrun_arguments(), "--module", "togi", "train", *arguments])
-        if "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, rather than torchrun's default of one thread each
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads is None:  # the cores shared out, rather than torchrun's default of one thread each
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launch.nproc_per_node))
         elastic_log = logging.getLogger("torch.distributed.elastic")
-        level, elastic_log.level = elastic_log.level, logging.CRITICAL  # its notes on ending the other processes; togi says it below
+        level = elastic_log.level
+        elastic_log.setLevel(logging.CRITICAL)  # its notes on ending the other processes; togi says what failed below
         try:
             run(torchrun)
         except ChildFailedError as error:
@@ -85,6 +87,8 @@ def launch_training(launch: Launch, config: TrainConfig, *, resume_dir: Path | N
                             "togi train --resume RUN_DIR --nproc-per-node N") from None
         finally:
             elastic_log.setLevel(level)
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
 
 
 @contextmanager
