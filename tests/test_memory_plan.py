@@ -105,6 +105,8 @@ def test_togi_estimate_says_what_fits_and_the_cheapest_change_when_nothing_does(
     assert "✓ fits" in fits.output and "fsdp" in fits.output
     bad = cli("estimate", "--model", SHAPES / "llama-3.1-8b", "--gpu-memory", "lots")
     assert bad.exit_code == 2 and "--gpu-memory" in bad.output and "80GB" in bad.output
+    classifier = cli("estimate", "--set", "task=classification")
+    assert classifier.exit_code == 2 and "task classification" in classifier.output
 
 
 def test_memory_sizes_read_as_people_write_them():

@@ -38,6 +38,9 @@ def estimate_command(
     if recipe is None and not any(value.startswith("data.train_file=") for value in overrides):
         overrides.append("data.train_file=train.jsonl")  # the data does not change the estimate; a recipe needs the field
     config = load_config(recipe, overrides)
+    if config.task != "chat":
+        raise fail(f"togi estimate sizes the training of chat models (causal LMs); this recipe is task {config.task}",
+                   "a classifier's head over a small encoder fits where its base model does; estimate a task chat recipe")
     try:
         memory = parse_memory(gpu_memory) if gpu_memory else None
     except ValueError as error:
