@@ -36,6 +36,7 @@ class Store(Protocol):
     def put(self, kind: str, record: dict[str, Any], organization: str, parent: str | None = None) -> dict[str, Any]: ...
     def get(self, kind: str, record_id: str, organization: str | None = None) -> dict[str, Any] | None: ...
     def update(self, kind: str, record_id: str, **changes: Any) -> dict[str, Any]: ...
+    def claim(self, kind: str, record_id: str, expected: dict[str, Any], **changes: Any) -> dict[str, Any] | None: ...
     def delete(self, kind: str, record_id: str) -> None: ...
     def list(self, kind: str, organization: str | None = None, parent: str | None = None,
              where: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
@@ -86,13 +87,23 @@ class SQLiteStore:
         return json.loads(row[0]) if row else None
 
     def update(self, kind: str, record_id: str, **changes: Any) -> dict[str, Any]:
+        record = self.claim(kind, record_id, {}, **changes)
+        if record is None:
+            raise KeyError(record_id)
+        return record
+
+    def claim(self, kind: str, record_id: str, expected: dict[str, Any], **changes: Any) -> dict[str, Any] | None:
+        """Apply ``changes`` if the record still holds every ``expected`` value, in one write transaction; the changed
+        record, or None when it is gone or no longer as expected (another process took it first)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT body FROM records WHERE kind = ? AND id = ?", (kind, record_id)).fetchone()
-                if row is None:
-                    raise KeyError(record_id)
-                record = {**json.loads(row[0]), **changes}
+                record = json.loads(row[0]) if row else None
+                if record is None or any(record.get(key) != value for key, value in expected.items()):
+                    self._db.execute("ROLLBACK")
+                    return None
+                record.update(changes)
                 self._db.execute("UPDATE records SET body = ? WHERE kind = ? AND id = ?",
                                  (json.dumps(record, ensure_ascii=False), kind, record_id))
                 self._db.execute("COMMIT")
