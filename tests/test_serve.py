@@ -39,6 +39,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.process: subprocess.Popen | None = None
+        self.database: tuple[str, ...] = ()  # --database URL, for the CLI commands a test runs beside the server
 
     def start(self) -> Server:
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
@@ -72,17 +73,34 @@ class Server:
         return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory, tiny_model_dir):
+    """The API suite runs on each store: SQLite (the default) and PostgreSQL (``--database``; skipped where it cannot start)."""
+    database: tuple[str, ...] = ()
+    if request.param == "postgres":
+        from postgres_server import unavailable
+
+        if unavailable():
+            pytest.skip(unavailable())
+        database = ("--database", request.getfixturevalue("postgres_url"))
     data_dir = tmp_path_factory.mktemp("serve") / "data"
-    running = Server(data_dir, tiny_model_dir, "--max-file-mb", "1").start()
+    running = Server(data_dir, tiny_model_dir, "--max-file-mb", "1", *database).start()
+    running.database = database
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
+def postgres_url():
+    from postgres_server import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def key(server):
-    return togi("serve", "keys", "create", "--org", "acme", "--data-dir", server.data_dir).stdout.strip()
+    return togi("serve", "keys", "create", "--org", "acme", "--data-dir", server.data_dir, *server.database).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +267,7 @@ def test_a_hostile_filename_stays_inside_the_data_dir(client, server, tmp_path):
 
 
 def test_another_organization_gets_404_for_everything(client, server, tmp_path):
-    other = server.client(togi("serve", "keys", "create", "--org", "rival", "--data-dir", server.data_dir).stdout.strip())
+    other = server.client(togi("serve", "keys", "create", "--org", "rival", "--data-dir", server.data_dir, *server.database).stdout.strip())
     job = next(j for j in client.fine_tuning.jobs.list().data if j.status == "succeeded")
     for call in (lambda: other.files.retrieve(job.training_file), lambda: other.files.content(job.training_file),
                  lambda: other.fine_tuning.jobs.retrieve(job.id), lambda: other.fine_tuning.jobs.list_events(job.id),

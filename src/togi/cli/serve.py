@@ -13,6 +13,8 @@ from togi.cli.terminal import echo, make_console, print_json
 
 console = make_console()
 DataDir = Annotated[Path, typer.Option(help="Where the server keeps its database, files, jobs and models.")]
+Database = Annotated[Optional[str], typer.Option(help="The server's state: postgresql://user@host:port/database, shared by "
+                                                 "several replicas (pip install 'togi[cluster]'); default: SQLite in --data-dir.")]
 DEFAULT_DATA_DIR = Path("togi-data")
 
 serve_app = typer.Typer(help="Run the OpenAI-compatible fine-tuning server, and manage its API keys.", invoke_without_command=True)
@@ -36,6 +38,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Chat requests decoded together per base model (1: one at a time).")] = 32,
     max_waiting: Annotated[int, typer.Option(min=1, help="Chat requests that may wait per base model; beyond them: 429.")] = 64,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web dashboard at / (jobs, live curves, evaluations, playground).")] = True,
+    database: Database = None,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.
 
@@ -48,20 +51,22 @@ def serve(
         return
     import uvicorn
 
+    import socket
+
     from togi.serve.app import create_app
-    from togi.serve.store import SQLiteStore
+    from togi.serve.store import open_store
 
     from togi.serve.served_models import served_models
 
     quiet_libraries()
     served = served_models(model or [])
     models = served.bases
-    store = SQLiteStore(data_dir.resolve() / "togi.db")
+    store = open_store(database, data_dir)
     if not store.has_keys():
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
     app = create_app(data_dir, models, adapters=served.adapters, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
-                     max_waiting=max_waiting, ui=ui)
+                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname())
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
                   f"data: {data_dir.resolve()}  base models: {', '.join(models)}"
@@ -73,13 +78,14 @@ def serve(
 def create_key(
     org: Annotated[str, typer.Option("--org", help="The organization the key belongs to (created if new).")],
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    database: Database = None,
 ) -> None:
     """Create an API key for an organization and print it (it is stored hashed: keep it)."""
-    from togi.serve.store import SQLiteStore
+    from togi.serve.store import open_store
 
     if not org.replace("-", "").replace("_", "").isalnum():
         raise fail(f"--org {org!r}: use letters, digits, - and _", "for example: --org acme")
-    echo(SQLiteStore(data_dir.resolve() / "togi.db").create_key(org))
+    echo(open_store(database, data_dir).create_key(org))
 
 
 # the client side

@@ -96,6 +96,17 @@ def list_jobs(store: Store, organization: str | None = None, status: JobStatus |
     return [checked(record) for record in store.list("job", organization, where={"status": status} if status else None)]
 
 
+def claim_job(store: Store, job_id: str, expected: dict[str, Any], **changes: Any) -> FineTuningJob | None:
+    """Change fields of a job only if it still holds the ``expected`` values (None when another process changed it
+    first): how one of several server replicas takes a job."""
+    current = store.get("job", job_id)
+    if current is None:
+        return None
+    checked({**current, **changes})
+    record = store.claim("job", job_id, expected, **changes)
+    return None if record is None else checked(record)
+
+
 def update_job(store: Store, job_id: str, **changes: Any) -> FineTuningJob:
     """Change fields of a job; changes that would make it no job are refused before anything is written."""
     current = store.get("job", job_id)

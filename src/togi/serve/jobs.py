@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import shutil
 import sys
 import threading
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from togi.runs import Run, checkpoint_step
 from togi.serve.job_record import FineTuningJob, get_job, update_job
-from togi.serve.store import SQLiteStore, Store, new_id
+from togi.serve.store import Store, new_id, open_store
 
 if TYPE_CHECKING:
     from togi.config import TrainConfig
@@ -262,7 +263,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     """The job process: train, report, and leave the job in a terminal state (unless it was cancelled or paused)."""
     from togi.serve.files import store_bytes
 
-    store = SQLiteStore(data_dir / "togi.db")
+    store = open_store(os.environ.get("TOGI_DATABASE") or None, data_dir)  # the server's own store (TOGI_DATABASE: its URL)
     job = get_job(store, job_id)
     if job is None or job["status"] != "running":
         return 0

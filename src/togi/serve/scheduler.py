@@ -5,6 +5,11 @@ paused. Cancel and pause kill the job's process group (SIGTERM, then SIGKILL). A
 without finishing its job fails the job. When the server starts, jobs left running by a server that
 died are put back in the queue, and their job processes (if still alive) are stopped first: the job
 resumes from its last checkpoint.
+
+Several API replicas may share one database (PostgreSQL). Each names its machine (``replica``, the host name by
+default): it validates and starts only the jobs it claims (``Store.claim``: a compare-and-set on the job's status, so
+two replicas never both take one), recovers only its machine's jobs whose server died (a job process whose parent
+is alive belongs to another replica there), and stops a job of its own that another replica cancelled or paused.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from togi.serve.job_record import FineTuningJob, get_job, list_jobs, update_job
+from togi.serve.job_record import FineTuningJob, claim_job, get_job, list_jobs, update_job
 from togi.serve.jobs import add_event, job_directory, redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.store import Store
 
@@ -43,6 +48,14 @@ def processes_of(job: FineTuningJob) -> int:
     return int(job["internal"].get("processes") or 1)
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent process of ``pid`` (1 once its parent died and init adopted it), None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _is_job_process(pid: int | None, job_id: str) -> bool:
     try:
         return pid is not None and job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -51,8 +64,8 @@ def _is_job_process(pid: int | None, job_id: str) -> bool:
 
 
 class Scheduler:
-    def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5) -> None:
-        self.store, self.data_dir, self.slots, self.poll_seconds = store, data_dir, slots, poll_seconds
+    def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5, replica: str = "local") -> None:
+        self.store, self.data_dir, self.slots, self.poll_seconds, self.replica = store, data_dir, slots, poll_seconds, replica
         self.children: dict[str, subprocess.Popen] = {}
         self.processes: dict[str, int] = {}  # each running job's training processes
         self._lock = threading.Lock()
@@ -74,10 +87,17 @@ class Scheduler:
             self.children.clear()
 
     def _recover(self) -> None:
+        for job in list_jobs(self.store, status="validating_files"):
+            if job["internal"].get("validator") == self.replica:  # this replica stopped while validating it
+                update_job(self.store, job["id"], internal={**job["internal"], "validator": None})
         for job in list_jobs(self.store, status="running"):
+            if job["internal"].get("replica", self.replica) != self.replica:
+                continue  # another machine's job
             pid = job["internal"].get("pid")
             if _is_job_process(pid, job["id"]):
-                _stop_process_group(pid)
+                if _parent_of(pid) not in (None, 1):
+                    continue  # a living server on this machine (another replica) runs it
+                _stop_process_group(pid)  # its server died: the orphan stops, the job resumes from its checkpoint
             self._requeue(job["id"], "The server restarted; the job is queued again and will resume from its last checkpoint")
 
     def _requeue(self, job_id: str, message: str) -> None:
@@ -118,7 +138,9 @@ class Scheduler:
 
     def tick(self) -> None:
         for job in reversed(list_jobs(self.store, status="validating_files")):
-            self._validate(job)
+            if not job["internal"].get("validator"):
+                self._validate(job)
+        self._follow_other_replicas()
         self._reap()
         queued = list(reversed(list_jobs(self.store, status="queued")))
         with self._lock:
@@ -131,7 +153,23 @@ class Scheduler:
         """The worker slots the running jobs hold: one per training process."""
         return sum(self.processes[job_id] for job_id in self.children)
 
+    def _follow_other_replicas(self) -> None:
+        """Stop the processes of this replica's jobs that another replica cancelled or paused."""
+        with self._lock:
+            for job_id, child in list(self.children.items()):
+                job = get_job(self.store, job_id)
+                if job is not None and job["status"] != "running":
+                    _stop_process_group(child.pid)
+                    child.wait()
+                    del self.children[job_id]
+                    self.processes.pop(job_id, None)
+
     def _validate(self, job: FineTuningJob) -> None:
+        claimed = claim_job(self.store, job["id"], {"status": "validating_files", "internal": job["internal"]},
+                            internal={**job["internal"], "validator": self.replica})
+        if claimed is None:
+            return  # another replica is validating it
+        job = claimed
         paths, model, method = job["internal"]["paths"], job["internal"]["model_reference"], job["method"]["type"]
         add_event(self.store, job, f"Validating training file: {job['training_file']}")
         error, size = validate_training_file(Path(paths["training_file"]), model, method)
@@ -152,10 +190,14 @@ class Scheduler:
     def _launch(self, job: FineTuningJob) -> None:
         log_path = job_directory(self.data_dir, job["id"]) / "process.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        job = update_job(self.store, job["id"], status="running")
+        claimed = claim_job(self.store, job["id"], {"status": "queued"}, status="running", internal={**job["internal"], "replica": self.replica})
+        if claimed is None:
+            return  # another replica started it
+        job = claimed
         with open(log_path, "ab") as log:
             child = subprocess.Popen([sys.executable, "-m", "togi.serve.jobs", str(self.data_dir), job["id"]], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, "TOGI_DATABASE": getattr(self.store, "url", "")})
         self.children[job["id"]] = child
         self.processes[job["id"]] = processes_of(job)
         update_job(self.store, job["id"], internal={**job["internal"], "pid": child.pid})
