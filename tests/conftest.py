@@ -97,6 +97,12 @@ def without_llama_cpp(monkeypatch):
     monkeypatch.setattr(llama_cpp, "available", lambda: False)
 
 
+@pytest.fixture(scope="module")
+def store_backend() -> str:
+    """The store a test server of test_serve's runs on: SQLite, except in test_serve.py itself, which runs on both."""
+    return "sqlite"
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer()

@@ -74,10 +74,16 @@ class Server:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(request, tmp_path_factory, tiny_model_dir):
-    """The API suite runs on each store: SQLite (the default) and PostgreSQL (``--database``; skipped where it cannot start)."""
+def store_backend(request):
+    """This module's API suite runs on each store: SQLite (the default) and PostgreSQL (``--database``; skipped where it
+    cannot start). Modules that borrow ``server`` get conftest's ``store_backend``: SQLite alone."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def server(request, store_backend, tmp_path_factory, tiny_model_dir):
     database: tuple[str, ...] = ()
-    if request.param == "postgres":
+    if store_backend == "postgres":
         from postgres_server import unavailable
 
         if unavailable():
