@@ -97,6 +97,31 @@ def without_llama_cpp(monkeypatch):
     monkeypatch.setattr(llama_cpp, "available", lambda: False)
 
 
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """One PostgreSQL server per test process (``postgres_server.py``), skipped with the reason where it cannot start."""
+    from postgres_server import postgres_server, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server_url):
+    """A database of its own for each test module, on the session's server."""
+    import secrets
+
+    import psycopg
+
+    name = f"togi_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres_server_url.replace("/postgres?", f"/{name}?", 1)
+
+
 @pytest.fixture(scope="module")
 def store_backend() -> str:
     """The store a test server of test_serve's runs on: SQLite, except in test_serve.py itself, which runs on both."""

@@ -84,24 +84,12 @@ def store_backend(request):
 def server(request, store_backend, tmp_path_factory, tiny_model_dir):
     database: tuple[str, ...] = ()
     if store_backend == "postgres":
-        from postgres_server import unavailable
-
-        if unavailable():
-            pytest.skip(unavailable())
-        database = ("--database", request.getfixturevalue("postgres_url"))
+        database = ("--database", request.getfixturevalue("postgres_url"))  # skipped, with the reason, where PostgreSQL cannot start
     data_dir = tmp_path_factory.mktemp("serve") / "data"
     running = Server(data_dir, tiny_model_dir, "--max-file-mb", "1", *database).start()
     running.database = database
     yield running
     running.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    from postgres_server import postgres_server
-
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import distinct_chats, write_jsonl
-from postgres_server import postgres_server, unavailable
 from test_serve import Server, TERMINAL, togi, upload
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
 
 
 def test_two_replicas_on_one_database_run_each_job_once(tmp_path, tiny_model_dir, postgres_url):

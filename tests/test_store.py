@@ -8,17 +8,7 @@ import threading
 
 import pytest
 
-from postgres_server import postgres_server, unavailable
 from togi.serve.store import SQLiteStore, new_id
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
