@@ -54,7 +54,7 @@ def serve(
     import socket
 
     from togi.serve.app import create_app
-    from togi.serve.store import open_store
+    from togi.serve.database import open_store
 
     from togi.serve.served_models import served_models
 
@@ -81,7 +81,7 @@ def create_key(
     database: Database = None,
 ) -> None:
     """Create an API key for an organization and print it (it is stored hashed: keep it)."""
-    from togi.serve.store import open_store
+    from togi.serve.database import open_store
 
     if not org.replace("-", "").replace("_", "").isalnum():
         raise fail(f"--org {org!r}: use letters, digits, - and _", "for example: --org acme")

@@ -25,7 +25,8 @@ from togi.serve.dashboard import mount_dashboard
 from togi.serve.evaluations import fail_interrupted
 from togi.serve.routes import dashboard_api, files, jobs, models
 from togi.serve.scheduler import Scheduler
-from togi.serve.store import Store, open_store
+from togi.serve.database import open_store
+from togi.serve.store import Store
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 

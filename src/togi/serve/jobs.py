@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from togi.runs import Run, checkpoint_step
 from togi.serve.job_record import FineTuningJob, get_job, update_job
-from togi.serve.store import Store, new_id, open_store
+from togi.serve.database import open_store
+from togi.serve.store import Store, new_id
 
 if TYPE_CHECKING:
     from togi.config import TrainConfig

@@ -94,11 +94,12 @@ def plot_study(study, rows, plot_path: Path, *, objective: str, direction: str) 
 
 
 def _save(figure, plot_path: Path) -> None:
-    """Written whole or not at all: a reader never sees half a PNG."""
+    """Written whole or not at all: a reader never sees half a PNG. The temporary name is this process's own: processes
+    sharing a study draw its plot at once."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    temporary = plot_path.with_name(f".{plot_path.name}.tmp.png")
+    temporary = plot_path.with_name(f".{plot_path.name}.{os.getpid()}.tmp.png")
     figure.savefig(temporary)
     plt.close(figure)
     os.replace(temporary, plot_path)
