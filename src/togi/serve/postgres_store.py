@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from togi.serve.store import hash_key
+from togi.serve.store import UpdateByClaim, hash_key
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x746F6769  # "togi": the advisory lock every replica takes to migrate
@@ -29,7 +29,7 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError(f"{url!r} is not a PostgreSQL URL (postgresql://user@host:port/database)")
 
 
-class PostgresStore:
+class PostgresStore(UpdateByClaim):
     def __init__(self, url: str) -> None:
         import sqlalchemy
 
@@ -85,12 +85,6 @@ class PostgresStore:
         with self._engine.connect() as connection:
             body = connection.execute(self._text(query), values).scalar()
         return json.loads(body) if body is not None else None
-
-    def update(self, kind: str, record_id: str, **changes: Any) -> dict[str, Any]:
-        record = self.claim(kind, record_id, {}, **changes)
-        if record is None:
-            raise KeyError(record_id)
-        return record
 
     def claim(self, kind: str, record_id: str, expected: dict[str, Any], **changes: Any) -> dict[str, Any] | None:
         """Apply ``changes`` if the record still holds every ``expected`` value, in one transaction with the row

@@ -42,7 +42,20 @@ class Store(Protocol):
              where: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
 
-class SQLiteStore:
+class UpdateByClaim:
+    """``update`` for a store that has ``claim``: a claim that expects nothing, and a missing record a KeyError."""
+
+    def claim(self, kind: str, record_id: str, expected: dict[str, Any], **changes: Any) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def update(self, kind: str, record_id: str, **changes: Any) -> dict[str, Any]:
+        record = self.claim(kind, record_id, {}, **changes)
+        if record is None:
+            raise KeyError(record_id)
+        return record
+
+
+class SQLiteStore(UpdateByClaim):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -86,12 +99,6 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute(query, values).fetchone()
         return json.loads(row[0]) if row else None
-
-    def update(self, kind: str, record_id: str, **changes: Any) -> dict[str, Any]:
-        record = self.claim(kind, record_id, {}, **changes)
-        if record is None:
-            raise KeyError(record_id)
-        return record
 
     def claim(self, kind: str, record_id: str, expected: dict[str, Any], **changes: Any) -> dict[str, Any] | None:
         """Apply ``changes`` if the record still holds every ``expected`` value, in one write transaction; the changed
