@@ -39,6 +39,10 @@ def serve(
     max_waiting: Annotated[int, typer.Option(min=1, help="Chat requests that may wait per base model; beyond them: 429.")] = 64,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web dashboard at / (jobs, live curves, evaluations, playground).")] = True,
     database: Database = None,
+    executor: Annotated[str, typer.Option(help="Where jobs train: local (child processes of this server) or ray (tasks on a "
+                                          "Ray cluster, each with the GPUs its processes need; pip install 'togi[cluster]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster for --executor ray: auto (the cluster this machine "
+                                                       "belongs to), host:6379, or ray://host:10001.")] = None,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.
 
@@ -55,10 +59,12 @@ def serve(
 
     from togi.serve.app import create_app
     from togi.serve.database import open_store
-
+    from togi.serve.executors import open_executor
     from togi.serve.served_models import served_models
 
     quiet_libraries()
+    if ray_address and executor != "ray":
+        raise fail(f"--ray-address {ray_address} is for --executor ray; this server's executor is {executor}", "add --executor ray")
     served = served_models(model or [])
     models = served.bases
     store = open_store(database, data_dir)
@@ -66,7 +72,7 @@ def serve(
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
     app = create_app(data_dir, models, adapters=served.adapters, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
-                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname())
+                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname(), executor=open_executor(executor, ray_address))
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
                   f"data: {data_dir.resolve()}  base models: {', '.join(models)}"

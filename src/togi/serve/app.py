@@ -23,6 +23,7 @@ from togi.serve.http import ServerState, install_error_handlers
 from togi.serve.inference import ModelPool
 from togi.serve.dashboard import mount_dashboard
 from togi.serve.evaluations import fail_interrupted
+from togi.serve.executors import Executor
 from togi.serve.routes import dashboard_api, files, jobs, models
 from togi.serve.scheduler import Scheduler
 from togi.serve.database import open_store
@@ -33,12 +34,12 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                store: Store | None = None, max_batch: int = 32, max_waiting: int = 64, ui: bool = True,
-               adapters: dict[str, tuple[str, str]] | None = None, replica: str = "local") -> FastAPI:
+               adapters: dict[str, tuple[str, str]] | None = None, replica: str = "local", executor: Executor | None = None) -> FastAPI:
     """The server. ``replica`` names this one among several that share ``store`` (PostgreSQL): see ``scheduler.py``."""
     data_dir = data_dir.resolve()
     store = store or open_store(None, data_dir)
     state = ServerState(data_dir=data_dir, base_models=base_models, store=store,
-                        scheduler=Scheduler(store, data_dir, slots=slots, replica=replica),
+                        scheduler=Scheduler(store, data_dir, slots=slots, replica=replica, executor=executor),
                         pool=ModelPool(base_models, max_batch=max_batch, max_waiting=max_waiting), max_file_bytes=max_file_bytes,
                         adapter_models=dict(adapters or {}))
 

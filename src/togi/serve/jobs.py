@@ -272,8 +272,9 @@ def run_job(data_dir: Path, job_id: str) -> int:
     resuming = Run.is_run(run_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
     checkpoints = Run(run_dir).checkpoints() if resuming else []
-    add_event(store, job, f"Fine-tuning job resumed from the checkpoint at step {checkpoint_step(checkpoints[-1])}" if checkpoints
-              else "Fine-tuning job started")
+    where = f" on {os.environ['TOGI_NODE']}" if os.environ.get("TOGI_NODE") else ""  # set by the ray executor
+    add_event(store, job, f"Fine-tuning job resumed{where} from the checkpoint at step {checkpoint_step(checkpoints[-1])}" if checkpoints
+              else f"Fine-tuning job started{where}")
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps):

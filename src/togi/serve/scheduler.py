@@ -1,10 +1,10 @@
-"""The job queue: validates new jobs, runs queued ones in child processes (N at a time), and watches them.
+"""The job queue: validates new jobs, runs queued ones (N at a time) through an executor, and watches them.
 
 Job states: validating_files -> queued -> running -> succeeded | failed | cancelled, and running <->
-paused. Cancel and pause kill the job's process group (SIGTERM, then SIGKILL). A process that dies
-without finishing its job fails the job. When the server starts, jobs left running by a server that
-died are put back in the queue, and their job processes (if still alive) are stopped first: the job
-resumes from its last checkpoint.
+paused. The executor (``executors.py``) runs each job process: a child of the server (``local``) or a task on a Ray
+cluster (``ray``). Cancel and pause stop it (a process group killed, a Ray task cancelled). A job process that ends
+without finishing its job fails the job. When the server starts, jobs left running by a server that died are put back
+in the queue, and their job processes (if still alive) are stopped first: the job resumes from its last checkpoint.
 
 Several API replicas may share one database (PostgreSQL). Each names its machine (``replica``, the host name by
 default): it validates and starts only the jobs it claims (``Store.claim``: a compare-and-set on the job's status, so
@@ -14,59 +14,28 @@ is alive belongs to another replica there), and stops a job of its own that anot
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from togi.serve.executors import Executor, LocalExecutor
 from togi.serve.job_record import FineTuningJob, claim_job, get_job, list_jobs, update_job
 from togi.serve.jobs import add_event, job_directory, redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.store import Store
-
-
-def _stop_process_group(pid: int, grace: float = 5.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.time() + grace
-    while time.time() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def processes_of(job: FineTuningJob) -> int:
     return int(job["internal"].get("processes") or 1)
 
 
-def _parent_of(pid: int) -> int | None:
-    """The parent process of ``pid`` (1 once its parent died and init adopted it), None when it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _is_job_process(pid: int | None, job_id: str) -> bool:
-    try:
-        return pid is not None and job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-
-
 class Scheduler:
-    def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5, replica: str = "local") -> None:
+    def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5, replica: str = "local",
+                 executor: Executor | None = None) -> None:
         self.store, self.data_dir, self.slots, self.poll_seconds, self.replica = store, data_dir, slots, poll_seconds, replica
-        self.children: dict[str, subprocess.Popen] = {}
+        self.executor = executor or LocalExecutor()
+        self.children: dict[str, Any] = {}  # each running job's handle from the executor
         self.processes: dict[str, int] = {}  # each running job's training processes
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,7 +51,7 @@ class Scheduler:
         self._thread.join(timeout=10)
         with self._lock:
             for job_id, child in list(self.children.items()):
-                _stop_process_group(child.pid)
+                self.executor.stop(child)
                 self._requeue(job_id, "The server stopped; the job is queued again and will resume from its last checkpoint")
             self.children.clear()
 
@@ -93,17 +62,14 @@ class Scheduler:
         for job in list_jobs(self.store, status="running"):
             if job["internal"].get("replica", self.replica) != self.replica:
                 continue  # another machine's job
-            pid = job["internal"].get("pid")
-            if _is_job_process(pid, job["id"]):
-                if _parent_of(pid) not in (None, 1):
-                    continue  # a living server on this machine (another replica) runs it
-                _stop_process_group(pid)  # its server died: the orphan stops, the job resumes from its checkpoint
+            if not self.executor.orphaned(job):
+                continue  # a living server runs it
             self._requeue(job["id"], "The server restarted; the job is queued again and will resume from its last checkpoint")
 
     def _requeue(self, job_id: str, message: str) -> None:
         job = get_job(self.store, job_id)
         if job and job["status"] == "running":
-            update_job(self.store, job_id, status="queued", internal={**job["internal"], "pid": None})
+            update_job(self.store, job_id, status="queued", internal={**job["internal"], "pid": None, "ray_task": None})
             add_event(self.store, job, message, level="warn")
 
     # requests from the API
@@ -123,8 +89,7 @@ class Scheduler:
             job = update_job(self.store, job["id"], status=status, **({"finished_at": int(time.time())} if status == "cancelled" else {}))
             child = self.children.pop(job["id"], None)
         if child is not None:
-            _stop_process_group(child.pid)
-            child.wait()
+            self.executor.stop(child)
         add_event(self.store, job, message)
         return job
 
@@ -159,8 +124,7 @@ class Scheduler:
             for job_id, child in list(self.children.items()):
                 job = get_job(self.store, job_id)
                 if job is not None and job["status"] != "running":
-                    _stop_process_group(child.pid)
-                    child.wait()
+                    self.executor.stop(child)
                     del self.children[job_id]
                     self.processes.pop(job_id, None)
 
@@ -194,18 +158,16 @@ class Scheduler:
         if claimed is None:
             return  # another replica started it
         job = claimed
-        with open(log_path, "ab") as log:
-            child = subprocess.Popen([sys.executable, "-m", "togi.serve.jobs", str(self.data_dir), job["id"]], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, "TOGI_DATABASE": getattr(self.store, "url", "")})
+        child = self.executor.launch(job["id"], self.data_dir, getattr(self.store, "url", ""), log_path, processes_of(job))
         self.children[job["id"]] = child
         self.processes[job["id"]] = processes_of(job)
-        update_job(self.store, job["id"], internal={**job["internal"], "pid": child.pid})
+        update_job(self.store, job["id"], internal={**job["internal"], **self.executor.describe(child)})
 
     def _reap(self) -> None:
         with self._lock:
             for job_id, child in list(self.children.items()):
-                if child.poll() is None:
+                ended = self.executor.ended(child)
+                if ended is None:
                     continue
                 del self.children[job_id]
                 self.processes.pop(job_id, None)
@@ -213,9 +175,10 @@ class Scheduler:
                 if job and job["status"] == "running":  # the process died without finishing its job
                     update_job(self.store, job_id, status="failed", finished_at=int(time.time()),
                                error={"code": "training_failed", "param": None,
-                                      "message": f"the training process stopped unexpectedly (exit code {child.returncode}); "
-                                                 "the server's log of the job has the details"})
-                    add_event(self.store, job, f"The training process exited with code {child.returncode}", level="error")
+                                      "message": f"the training process stopped unexpectedly (exit code {ended.code}"
+                                                 + (f": {ended.reason}" if ended.reason else "") + "); the server's log of the job has the details"})
+                    add_event(self.store, job, f"The training process exited with code {ended.code}" + (f": {ended.reason}" if ended.reason else ""),
+                              level="error")
 
     def running(self) -> list[str]:
         with self._lock:

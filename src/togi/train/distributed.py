@@ -69,24 +69,10 @@ def join(device: str) -> None:
     processes can agree with each other before the Trainer exists."""
     from accelerate import PartialState
 
-    _end_with_the_launcher()
+    from togi.process_tree import end_with_parent
+
+    end_with_parent()  # torchrun starts each rank in a session of its own: a launcher killed at once must take them along
     PartialState(cpu=device == "cpu")
-
-
-def _end_with_the_launcher() -> None:
-    """Have the kernel kill this process when its launcher dies. torchrun starts each rank in a session of its own, so a
-    launcher killed at once (SIGKILL, a lost node) would leave the ranks training on, writing into a run that another
-    launch may be resuming. Linux only (prctl PR_SET_PDEATHSIG); elsewhere the launcher's own signal handling is all."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    launcher = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != launcher:  # it died before the request took effect
-        os._exit(1)
 
 
 def wait_for_everyone() -> None:
