@@ -69,6 +69,7 @@ LLAMA_CPP_MISSING = "llama-cpp-python is not installed (`make setup-llama`, or p
 # runs the files on two workers (pytest-xdist, --dist loadfile); starting with these keeps one long file
 # from running alone at the end while the other worker idles.
 LONGEST_MODULES = ("test_serve.py", "test_tune.py", "test_multi_adapter.py", "test_distributed.py", "test_export_embedded.py", "test_train.py", "test_batching.py", "test_serve_validation.py",
+                   "test_serve_ray.py", "test_storage.py",
                    "test_prefs.py", "test_augment.py", "test_classification.py", "test_export.py", "test_embedded_model.py")
 
 

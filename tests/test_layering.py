@@ -17,7 +17,7 @@ PACKAGE = SOURCE / "togi"
 
 # Bottom to top. A module may import its own layer and the layers below it, never one above it.
 LAYERS: list[tuple[str, ...]] = [
-    ("base",),  # togi.paths, togi.errors, togi.version: what every layer may use; they import nothing of togi
+    ("base",),  # togi.paths, togi.errors, togi.version, togi.process_tree: what every layer may use; they import nothing of togi
     ("data",),  # formats, validation, templates, data generators that take a model as a plain callable
     ("models",),  # resolving, loading and running models (generation, streaming, ChatModel)
     ("config",),  # the recipe schema: it names the embedded models and the data formats
@@ -34,7 +34,7 @@ SIBLINGS: set[tuple[str, str]] = set()
 
 RANK = {layer: rank for rank, layers in enumerate(LAYERS) for layer in layers}
 # Top-level modules that are not a layer of their own (togi.config and togi.runs are).
-TOP_LEVEL = {"paths": "base", "errors": "base", "version": "base", "__main__": "cli"}
+TOP_LEVEL = {"paths": "base", "errors": "base", "version": "base", "process_tree": "base", "__main__": "cli"}
 
 
 def layer_of(module: str) -> str:

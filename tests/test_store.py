@@ -120,3 +120,19 @@ def test_replicas_starting_together_migrate_the_database_once(postgres_url):
         assert connection.execute(stores[0]._text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
     for opened in stores:
         opened.close()
+
+
+def test_a_restarted_replica_fails_only_its_own_interrupted_evaluations(store):
+    from togi.serve.evaluations import fail_interrupted
+
+    def evaluation(replica: str | None) -> str:
+        record = {"id": new_id("eval"), "object": "togi.evaluation", "status": "running", "created_at": 1,
+                  "internal": {"replica": replica} if replica else {}}
+        return store.put("evaluation", record, "acme")["id"]
+
+    mine, theirs, from_before_replicas = evaluation("node-a"), evaluation("node-b"), evaluation(None)
+    fail_interrupted(store, "node-a")
+    assert store.get("evaluation", mine)["status"] == "failed"
+    assert "stopped during the evaluation" in store.get("evaluation", mine)["error"]["message"]
+    assert store.get("evaluation", from_before_replicas)["status"] == "failed"
+    assert store.get("evaluation", theirs)["status"] == "running"  # node-b is still evaluating it

@@ -43,6 +43,8 @@ def serve(
                                           "Ray cluster, each with the GPUs its processes need; pip install 'togi[cluster]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster for --executor ray: auto (the cluster this machine "
                                                        "belongs to), host:6379, or ray://host:10001.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Object storage for files, checkpoints and models: s3://bucket/prefix (or "
+                                                   "any fsspec URL), mirrored by each machine's --data-dir; default: --data-dir alone.")] = None,
 ) -> None:
     """Serve files, fine-tuning jobs, models and chat completions under /v1, as OpenAI's API does.
 
@@ -61,6 +63,7 @@ def serve(
     from togi.serve.database import open_store
     from togi.serve.executors import open_executor
     from togi.serve.served_models import served_models
+    from togi.serve.storage import Storage
 
     quiet_libraries()
     if ray_address and executor != "ray":
@@ -68,14 +71,17 @@ def serve(
     served = served_models(model or [])
     models = served.bases
     store = open_store(database, data_dir)
+    files = Storage(data_dir, storage)
+    files.check()
     if not store.has_keys():
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
     app = create_app(data_dir, models, adapters=served.adapters, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
-                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname(), executor=open_executor(executor, ray_address))
+                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname(), executor=open_executor(executor, ray_address),
+                     storage=files)
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "
-                  f"data: {data_dir.resolve()}  base models: {', '.join(models)}"
+                  f"data: {data_dir.resolve()}" + (f" (mirroring {storage})" if storage else "") + f"  jobs: {executor}  base models: {', '.join(models)}"
                   + "".join(f"  {name}: an adapter on {base}" for name, (base, _) in served.adapters.items()), soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

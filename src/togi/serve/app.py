@@ -27,6 +27,7 @@ from togi.serve.executors import Executor
 from togi.serve.routes import dashboard_api, files, jobs, models
 from togi.serve.scheduler import Scheduler
 from togi.serve.database import open_store
+from togi.serve.storage import Storage
 from togi.serve.store import Store
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -34,19 +35,21 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
 def create_app(data_dir: Path, base_models: dict[str, str], slots: int = 1, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                store: Store | None = None, max_batch: int = 32, max_waiting: int = 64, ui: bool = True,
-               adapters: dict[str, tuple[str, str]] | None = None, replica: str = "local", executor: Executor | None = None) -> FastAPI:
+               adapters: dict[str, tuple[str, str]] | None = None, replica: str = "local", executor: Executor | None = None,
+               storage: Storage | None = None) -> FastAPI:
     """The server. ``replica`` names this one among several that share ``store`` (PostgreSQL): see ``scheduler.py``."""
     data_dir = data_dir.resolve()
     store = store or open_store(None, data_dir)
+    storage = storage or Storage(data_dir)
     state = ServerState(data_dir=data_dir, base_models=base_models, store=store,
-                        scheduler=Scheduler(store, data_dir, slots=slots, replica=replica, executor=executor),
+                        scheduler=Scheduler(store, data_dir, slots=slots, replica=replica, executor=executor, storage=storage),
                         pool=ModelPool(base_models, max_batch=max_batch, max_waiting=max_waiting), max_file_bytes=max_file_bytes,
-                        adapter_models=dict(adapters or {}))
+                        adapter_models=dict(adapters or {}), storage=storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.scheduler.start()
-        fail_interrupted(state.store)
+        fail_interrupted(state.store, replica)
         yield
         state.scheduler.stop()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from togi.serve.job_record import FineTuningJob
 from togi.serve.jobs import job_directory, redact_paths
+from togi.serve.storage import Storage
 from togi.serve.store import Store, new_id
 
 EVALUATION_TIMEOUT_SECONDS = 3600
@@ -58,12 +59,14 @@ def run_evaluation_record(data_dir: Path, job: FineTuningJob) -> dict[str, Any] 
 
 
 def start_evaluation(store: Store, data_dir: Path, job: FineTuningJob, file_record: dict[str, Any], data_path: Path,
-                     label_pattern: str | None, limit: int | None) -> dict[str, Any]:
+                     label_pattern: str | None, limit: int | None, replica: str = "local", storage: Storage | None = None) -> dict[str, Any]:
+    """Start ``togi eval`` in a thread of this replica; the record names the replica (and its data directory), so that
+    only this replica fails it should it stop, and another can show the report (from the bucket, with ``storage``)."""
     evaluation_id = new_id("eval")
     record = {"id": evaluation_id, "object": "togi.evaluation", "job_id": job["id"], "model": job["fine_tuned_model"],
               "file_id": file_record["id"], "data": file_record["filename"], "label_pattern": label_pattern, "limit": limit,
               "status": "running", "created_at": int(time.time()), "finished_at": None, "error": None, "n_examples": None,
-              "baseline": "base", "metrics": []}
+              "baseline": "base", "metrics": [], "internal": {"replica": replica, "data_dir": str(data_dir)}}
     store.put("evaluation", record, job["organization_id"], parent=job["id"])
     out_dir = evaluation_directory(data_dir, job["id"], evaluation_id)
     command = [sys.executable, "-m", "togi.cli.main", "eval", str(job_directory(data_dir, job["id"]) / "run"), "--data", str(data_path),
@@ -72,14 +75,14 @@ def start_evaluation(store: Store, data_dir: Path, job: FineTuningJob, file_reco
         command += ["--label-pattern", label_pattern]
     if limit:
         command += ["-n", str(limit)]
-    worker = threading.Thread(target=_run, args=(store, data_dir, job, record, command, out_dir, data_path, file_record["id"]),
-                              name=f"togi-{evaluation_id}", daemon=True)
+    worker = threading.Thread(target=_run, args=(store, data_dir, job, record, command, out_dir, data_path, file_record["id"],
+                                                 storage or Storage(data_dir)), name=f"togi-{evaluation_id}", daemon=True)
     worker.start()
     return record
 
 
 def _run(store: Store, data_dir: Path, job: FineTuningJob, record: dict[str, Any], command: list[str], out_dir: Path,
-         data_path: Path, file_id: str) -> None:
+         data_path: Path, file_id: str, storage: Storage) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=EVALUATION_TIMEOUT_SECONDS)
@@ -93,6 +96,7 @@ def _run(store: Store, data_dir: Path, job: FineTuningJob, record: dict[str, Any
         except (OSError, ValueError):
             report = None
         if report is not None:
+            storage.publish(out_dir)
             store.update("evaluation", record["id"], status="succeeded", finished_at=int(time.time()), **summary_of(report))
             return
         lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
@@ -102,10 +106,11 @@ def _run(store: Store, data_dir: Path, job: FineTuningJob, record: dict[str, Any
                  error={"code": "evaluation_failed", "message": message, "param": None})
 
 
-def fail_interrupted(store: Store) -> None:
-    """Evaluations a stopped server left running cannot finish: they fail with that reason."""
+def fail_interrupted(store: Store, replica: str = "local") -> None:
+    """Evaluations this replica left running when it stopped cannot finish: they fail with that reason. Another
+    replica's are its own (records from before replicas were named have none, and count as this one's)."""
     for record in store.list("evaluation"):
-        if record["status"] == "running":
+        if record["status"] == "running" and record.get("internal", {}).get("replica", replica) == replica:
             store.update("evaluation", record["id"], status="failed", finished_at=int(time.time()),
                          error={"code": "evaluation_failed", "message": "the server stopped during the evaluation; start it again",
                                 "param": None})

@@ -44,7 +44,7 @@ class Ended:
 class Executor(Protocol):
     name: str
 
-    def launch(self, job_id: str, data_dir: Path, database: str, log_path: Path, processes: int) -> Any:
+    def launch(self, job_id: str, data_dir: Path, environment: dict[str, str], log_path: Path, processes: int) -> Any:
         """Start the job process; returns a handle for the other methods."""
 
     def ended(self, handle: Any) -> Ended | None:
@@ -104,10 +104,10 @@ class LocalExecutor:
 
     name = "local"
 
-    def launch(self, job_id: str, data_dir: Path, database: str, log_path: Path, processes: int) -> subprocess.Popen:
+    def launch(self, job_id: str, data_dir: Path, environment: dict[str, str], log_path: Path, processes: int) -> subprocess.Popen:
         with open(log_path, "ab") as log:
             return subprocess.Popen(job_command(data_dir, job_id), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env={**os.environ, "TOGI_DATABASE": database})
+                                    start_new_session=True, env={**os.environ, **environment})
 
     def ended(self, child: subprocess.Popen) -> Ended | None:
         return None if child.poll() is None else Ended(child.returncode)
@@ -167,11 +167,11 @@ class RayExecutor:
         self.ray = ray
         self.task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=False)(_job_on_node)
 
-    def launch(self, job_id: str, data_dir: Path, database: str, log_path: Path, processes: int) -> Any:
+    def launch(self, job_id: str, data_dir: Path, environment: dict[str, str], log_path: Path, processes: int) -> Any:
         gpus = self.ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": processes, "num_cpus": 1} if gpus else {"num_cpus": processes}
-        environment = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED)}
-        return self.task.options(name=f"togi {job_id}", **resources).remote(str(data_dir), job_id, {**environment, "TOGI_DATABASE": database})
+        forwarded = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED)}
+        return self.task.options(name=f"togi {job_id}", **resources).remote(str(data_dir), job_id, {**forwarded, **environment})
 
     def ended(self, reference: Any) -> Ended | None:
         ready, _ = self.ray.wait([reference], timeout=0)

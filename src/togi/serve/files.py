@@ -8,10 +8,13 @@ import tempfile
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from togi.errors import TogiError
 from togi.serve.store import Store, new_id
+
+if TYPE_CHECKING:
+    from togi.serve.storage import Storage
 
 CHUNK = 1 << 20
 
@@ -66,8 +69,9 @@ def sniff_extension(head: bytes) -> str | None:
 
 
 def store_stream(store: Store, data_dir: Path, organization: str, filename: str | None, purpose: str, stream: BinaryIO,
-                 max_bytes: int) -> dict[str, Any]:
-    """Copy an upload to ``files/<id>`` through a temporary file; nothing is kept if it is over ``max_bytes``."""
+                 max_bytes: int, storage: Storage | None = None) -> dict[str, Any]:
+    """Copy an upload to ``files/<id>`` through a temporary file, in chunks, then to the bucket where ``storage`` is one;
+    nothing is kept if it is over ``max_bytes``."""
     directory = data_dir / "files"
     directory.mkdir(parents=True, exist_ok=True)
     file_id, filename = new_id("file"), clean_filename(filename)
@@ -85,13 +89,16 @@ def store_stream(store: Store, data_dir: Path, organization: str, filename: str 
             os.fsync(out.fileno())
         stored_as = _stored_name(file_id, filename, head)
         os.replace(temporary, directory / stored_as)
+        if storage is not None:
+            storage.publish(directory / stored_as)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return store.put("file", file_record(file_id, filename, purpose, size, stored_as), organization)
 
 
-def store_bytes(store: Store, data_dir: Path, organization: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+def store_bytes(store: Store, data_dir: Path, organization: str, filename: str, purpose: str, content: bytes,
+                storage: Storage | None = None) -> dict[str, Any]:
     import io
 
-    return store_stream(store, data_dir, organization, filename, purpose, io.BytesIO(content), max_bytes=len(content) + 1)
+    return store_stream(store, data_dir, organization, filename, purpose, io.BytesIO(content), max_bytes=len(content) + 1, storage=storage)

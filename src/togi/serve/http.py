@@ -16,8 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from togi.serve.files import file_path
 from togi.serve.inference import ModelPool
 from togi.serve.scheduler import Scheduler
+from togi.serve.storage import Storage
 from togi.serve.store import Store
 
 PageLimit = Annotated[int, Query(ge=1, le=100)]  # OpenAI's bounds for list pages
@@ -36,6 +38,11 @@ class ServerState:
     pool: ModelPool
     max_file_bytes: int
     adapter_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # served name -> (its base's name, adapter folder)
+    storage: Storage = None  # type: ignore[assignment]  # set by create_app: the data directory, or a bucket mirroring it
+
+    def local_file(self, record: dict) -> Path:
+        """A file record's content on this machine's disk (fetched from the bucket where another machine stored it)."""
+        return self.storage.materialize(file_path(self.data_dir, record))
 
 
 def server_state(request: Request) -> ServerState:

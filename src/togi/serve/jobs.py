@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from togi.runs import Run, checkpoint_step
 from togi.serve.job_record import FineTuningJob, get_job, update_job
 from togi.serve.database import open_store
+from togi.serve.storage import Storage
 from togi.serve.store import Store, new_id
 
 if TYPE_CHECKING:
@@ -69,10 +70,10 @@ def user_message(error: BaseException, job: FineTuningJob, data_dir: Path) -> st
 
 def redact_paths(text: str, job: FineTuningJob, data_dir: Path) -> str:
     """``text`` with the server's paths replaced by what the client knows them as: its file ids, the job."""
-    paths = job.get("internal", {}).get("paths", {})
     for param in ("training_file", "validation_file"):
-        if paths.get(param) and job.get(param):
-            text = text.replace(paths[param], job[param])
+        path = job_file(data_dir, job, param)
+        if path and job.get(param):
+            text = text.replace(str(path), job[param])
     run_of_the_job = f"the run of {job['id']}"
     text = text.replace(str(job_directory(data_dir, job["id"]) / "run"), run_of_the_job)
     text = text.replace(str(job_directory(data_dir, job["id"])), run_of_the_job)
@@ -81,6 +82,13 @@ def redact_paths(text: str, job: FineTuningJob, data_dir: Path) -> str:
 
 def job_directory(data_dir: Path, job_id: str) -> Path:
     return data_dir / "jobs" / job_id
+
+
+def job_file(data_dir: Path, job: FineTuningJob, param: str) -> Path | None:
+    """A job's training or validation file on this machine. The job keeps its path relative to the data directory
+    (jobs created before object storage keep an absolute one, which ``/`` leaves as it is)."""
+    path = job.get("internal", {}).get("paths", {}).get(param)
+    return data_dir / path if path else None
 
 
 def add_event(store: Store, job: FineTuningJob, message: str, level: str = "info", kind: str = "message",
@@ -132,11 +140,11 @@ def train_config(job: dict[str, Any], data_dir: Path) -> TrainConfig:
     internal, hyper = job["internal"], job["hyperparameters"]
     dpo = job["method"]["type"] == "dpo"
     steps_per_epoch = math.ceil(internal["n_examples"] / hyper["batch_size"])
-    validation = internal["paths"].get("validation_file")
+    validation = job_file(data_dir, job, "validation_file")
     recipe: dict[str, Any] = {
         "model": internal["model_reference"], "method": "lora",
         "output_dir": str(job_directory(data_dir, job["id"]) / "run"),
-        "data": {"train_file": internal["paths"]["training_file"], **({"val_file": validation} if validation else {"val_ratio": 0})},
+        "data": {"train_file": str(job_file(data_dir, job, "training_file")), **({"val_file": str(validation)} if validation else {"val_ratio": 0})},
         "training": {"epochs": hyper["n_epochs"], "batch_size": hyper["batch_size"], "gradient_accumulation": 1,
                      "learning_rate": (DPO_LEARNING_RATE if dpo else BASE_LEARNING_RATE) * hyper["learning_rate_multiplier"]},
         "monitoring": {"save_every": steps_per_epoch, "keep_checkpoints": 3, "log_every": 1, "eval_every": steps_per_epoch, "samples": 0},
@@ -151,8 +159,9 @@ def train_config(job: dict[str, Any], data_dir: Path) -> TrainConfig:
 class RunWatcher:
     """Turns what the trainer writes into the run directory into events and checkpoint records."""
 
-    def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int) -> None:
+    def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int, storage: Storage | None = None) -> None:
         self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
+        self.storage = storage or Storage(data_dir)
         self.run = Run(job_directory(data_dir, job["id"]) / "run")
         self.reported_step = job["internal"].get("reported_step", 0)
         self.reported_eval_step = job["internal"].get("reported_eval_step", 0)
@@ -213,19 +222,31 @@ class RunWatcher:
             shutil.copy2(checkpoint / name, staging / name)
         shutil.rmtree(kept, ignore_errors=True)
         staging.rename(kept)
+        self._publish(checkpoint, kept)
         last = next((r for r in reversed(records) if r["step"] <= step and "train_loss" in r), {})
         model_id = f"{self.job['internal']['fine_tuned_model']}:ckpt-step-{step}"
         record = {"object": "fine_tuning.job.checkpoint", "id": checkpoint_id, "created_at": int(time.time()),
                   "fine_tuned_model_checkpoint": model_id, "fine_tuning_job_id": self.job["id"], "step_number": step,
                   "metrics": {"step": step, "train_loss": last.get("train_loss"), "train_mean_token_accuracy": last.get("train_token_accuracy")}}
         self.store.put("checkpoint", record, self.job["organization_id"], parent=self.job["id"])
-        add_model(self.store, model_id, self.job, kept, checkpoint_of=self.job["internal"]["fine_tuned_model"])
+        add_model(self.store, model_id, self.job, kept, self.data_dir, checkpoint_of=self.job["internal"]["fine_tuned_model"])
         add_event(self.store, self.job, f"Checkpoint created at step {step}: {model_id}")
 
 
-def add_model(store: Store, model_id: str, job: FineTuningJob, adapter_dir: Path, checkpoint_of: str | None = None) -> None:
+    def _publish(self, checkpoint: Path, kept: Path) -> None:
+        """To the bucket, where the storage is one, before the checkpoint is announced: the checkpoint (for a resume on
+        another machine), its adapter (for inference anywhere), and the run's other files as they are now."""
+        self.storage.publish(checkpoint)
+        self.storage.publish(kept)
+        self.storage.publish(self.run.path, skip=("checkpoints/",))
+        self.storage.remove_missing(self.run.path, "checkpoints")  # those the trainer rotated out
+
+
+def add_model(store: Store, model_id: str, job: FineTuningJob, adapter_dir: Path, data_dir: Path, checkpoint_of: str | None = None) -> None:
+    """A model record; its adapter's path is relative to the data directory, which may be another on each machine."""
+    adapter = adapter_dir.resolve().relative_to(data_dir.resolve()).as_posix()
     model = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": job["organization_id"],
-             "internal": {"base": job["model"], "adapter": str(adapter_dir), "job": job["id"], "checkpoint_of": checkpoint_of}}
+             "internal": {"base": job["model"], "adapter": adapter, "job": job["id"], "checkpoint_of": checkpoint_of}}
     if store.get("model", model_id) is None:
         store.put("model", model, job["organization_id"], parent=job["id"])
 
@@ -265,10 +286,15 @@ def run_job(data_dir: Path, job_id: str) -> int:
     from togi.serve.files import store_bytes
 
     store = open_store(os.environ.get("TOGI_DATABASE") or None, data_dir)  # the server's own store (TOGI_DATABASE: its URL)
+    storage = Storage(data_dir, os.environ.get("TOGI_STORAGE") or None)  # and its storage (TOGI_STORAGE: a bucket's URL)
     job = get_job(store, job_id)
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
+    for param in ("training_file", "validation_file"):
+        if path := job_file(data_dir, job, param):
+            storage.materialize(path)
+    storage.refresh(run_dir)  # the run as the bucket has it: this may be another machine than the one that began it
     resuming = Run.is_run(run_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
     checkpoints = Run(run_dir).checkpoints() if resuming else []
@@ -277,7 +303,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
               else f"Fine-tuning job started{where}")
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
-        with RunWatcher(store, job, data_dir, total_steps):
+        with RunWatcher(store, job, data_dir, total_steps, storage):
             output_dir = _train(config, run_dir if resuming else None, int(job["internal"].get("processes") or 1))
     except Exception as error:  # the job fails; the server goes on
         if get_job(store, job_id)["status"] == "running":
@@ -286,10 +312,11 @@ def run_job(data_dir: Path, job_id: str) -> int:
                        error={"code": "training_failed", "message": message, "param": None})
             add_event(store, job, f"The job failed: {message}", level="error")
         return 1
+    storage.publish(run_dir, skip=("checkpoints/",))  # the trained adapter and the run's record, for inference anywhere
     results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
-                          results_csv(run_dir).encode("utf-8"))
+                          results_csv(run_dir).encode("utf-8"), storage=storage)
     model_name = job["internal"]["fine_tuned_model"]
-    add_model(store, model_name, job, output_dir)
+    add_model(store, model_name, job, output_dir, data_dir)
     add_event(store, job, f"New fine-tuned model created: {model_name}")
     if get_job(store, job_id)["status"] == "running":
         update_job(store, job_id, status="succeeded", finished_at=int(time.time()), result_files=[results["id"]],

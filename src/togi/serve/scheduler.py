@@ -22,7 +22,8 @@ from typing import Any
 
 from togi.serve.executors import Executor, LocalExecutor
 from togi.serve.job_record import FineTuningJob, claim_job, get_job, list_jobs, update_job
-from togi.serve.jobs import add_event, job_directory, redact_paths, resolve_hyperparameters, validate_training_file
+from togi.serve.jobs import add_event, job_directory, job_file, redact_paths, resolve_hyperparameters, validate_training_file
+from togi.serve.storage import Storage
 from togi.serve.store import Store
 
 
@@ -32,9 +33,10 @@ def processes_of(job: FineTuningJob) -> int:
 
 class Scheduler:
     def __init__(self, store: Store, data_dir: Path, slots: int = 1, poll_seconds: float = 0.5, replica: str = "local",
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, storage: Storage | None = None) -> None:
         self.store, self.data_dir, self.slots, self.poll_seconds, self.replica = store, data_dir, slots, poll_seconds, replica
         self.executor = executor or LocalExecutor()
+        self.storage = storage or Storage(data_dir)
         self.children: dict[str, Any] = {}  # each running job's handle from the executor
         self.processes: dict[str, int] = {}  # each running job's training processes
         self._lock = threading.Lock()
@@ -134,11 +136,12 @@ class Scheduler:
         if claimed is None:
             return  # another replica is validating it
         job = claimed
-        paths, model, method = job["internal"]["paths"], job["internal"]["model_reference"], job["method"]["type"]
+        model, method = job["internal"]["model_reference"], job["method"]["type"]
         add_event(self.store, job, f"Validating training file: {job['training_file']}")
-        error, size = validate_training_file(Path(paths["training_file"]), model, method)
-        if error is None and paths.get("validation_file"):
-            error, _ = validate_training_file(Path(paths["validation_file"]), model, method)
+        error, size = validate_training_file(self.storage.materialize(job_file(self.data_dir, job, "training_file")), model, method)
+        validation = job_file(self.data_dir, job, "validation_file")
+        if error is None and validation:
+            error, _ = validate_training_file(self.storage.materialize(validation), model, method)
             if error:
                 error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
         if error:
@@ -158,7 +161,8 @@ class Scheduler:
         if claimed is None:
             return  # another replica started it
         job = claimed
-        child = self.executor.launch(job["id"], self.data_dir, getattr(self.store, "url", ""), log_path, processes_of(job))
+        environment = {"TOGI_DATABASE": getattr(self.store, "url", ""), "TOGI_STORAGE": self.storage.url}
+        child = self.executor.launch(job["id"], self.data_dir, environment, log_path, processes_of(job))
         self.children[job["id"]] = child
         self.processes[job["id"]] = processes_of(job)
         update_job(self.store, job["id"], internal={**job["internal"], **self.executor.describe(child)})

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Literal, Optional
 
 from fastapi import APIRouter
@@ -20,7 +21,7 @@ from togi.data.labels import LabelPatternError, compile_label_pattern
 from togi.serve.evaluations import RUN_EVALUATION_ID, evaluation_directory, run_evaluation_record, start_evaluation
 from togi.serve.files import file_path
 from togi.serve.http import APIError, Organization, State, owned, public
-from togi.serve.jobs import redact_paths, resolve_hyperparameters, validate_training_file
+from togi.serve.jobs import job_directory, redact_paths, resolve_hyperparameters, validate_training_file
 from togi.serve.routes.jobs import owned_job
 
 router = APIRouter(prefix="/dashboard/api")
@@ -40,7 +41,7 @@ def auto_hyperparameters(training_file: str, model: str, state: State, org: Orga
         raise APIError(400, f"The model '{model}' does not exist here; available: {', '.join(sorted(state.base_models))}",
                        "model_not_found", "model")
     record = owned(state, "file", training_file, org, "file")
-    path = file_path(state.data_dir, record)
+    path = state.local_file(record)
     error, size = validate_training_file(path, state.base_models[model], method)
     n_examples = size.get("n_examples", 0)
     return {"training_file": training_file, "model": model, "method": method, "n_examples": n_examples,
@@ -80,8 +81,9 @@ def create_evaluation(job_id: str, body: EvaluationRequest, state: State, org: O
     file_record = state.store.get("file", body.file_id, org)
     if file_record is None:
         raise APIError(400, f"invalid file_id: {body.file_id} does not exist", "invalid_request", "file_id")
-    record = start_evaluation(state.store, state.data_dir, job, file_record, file_path(state.data_dir, file_record), body.label_pattern,
-                              body.limit)
+    state.storage.materialize(job_directory(state.data_dir, job["id"]) / "run")  # trained on another machine
+    record = start_evaluation(state.store, state.data_dir, job, file_record, state.local_file(file_record), body.label_pattern,
+                              body.limit, replica=state.scheduler.replica, storage=state.storage)
     return public(record)
 
 
@@ -102,11 +104,13 @@ def get_evaluation(job_id: str, evaluation_id: str, state: State, org: Organizat
 @router.get("/jobs/{job_id}/evaluations/{evaluation_id}/report", response_class=HTMLResponse)
 def evaluation_report(job_id: str, evaluation_id: str, state: State, org: Organization):
     job, record = _evaluation(state, job_id, evaluation_id, org)
-    path = evaluation_directory(state.data_dir, job_id, evaluation_id) / "report.html"
+    path = state.storage.materialize(evaluation_directory(state.data_dir, job_id, evaluation_id) / "report.html")
     if not path.is_file():
         raise APIError(404, f"evaluation {evaluation_id} has no report yet", "report_not_found", "id")
     page = path.read_text(encoding="utf-8")
     test_file = state.store.get("file", record.get("file_id") or "", org)
     if test_file is not None:  # the server's paths become what the caller knows: the file's name, the job
-        page = page.replace(str(file_path(state.data_dir, test_file)), html.escape(test_file["filename"]))
-    return HTMLResponse(redact_paths(page, job, state.data_dir))
+        for data_dir in {state.data_dir, Path(record.get("internal", {}).get("data_dir") or state.data_dir)}:  # and the evaluating replica's
+            page = page.replace(str(file_path(data_dir, test_file)), html.escape(test_file["filename"]))
+    evaluated_in = Path(record.get("internal", {}).get("data_dir") or state.data_dir)
+    return HTMLResponse(redact_paths(redact_paths(page, job, evaluated_in), job, state.data_dir))

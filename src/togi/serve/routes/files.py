@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, StreamingResponse
 
 from togi.serve.files import FileTooLarge, file_path, store_stream
 from togi.serve.http import APIError, Organization, State, owned, page, public
@@ -23,7 +23,8 @@ def upload_file(state: State, org: Organization, file: Annotated[UploadFile, Fil
     if purpose not in FILE_PURPOSES:
         raise APIError(400, f"invalid purpose {purpose!r}; expected one of {', '.join(FILE_PURPOSES)}", "invalid_value", "purpose")
     try:
-        return public(store_stream(state.store, state.data_dir, org, file.filename, purpose, file.file, state.max_file_bytes))
+        return public(store_stream(state.store, state.data_dir, org, file.filename, purpose, file.file, state.max_file_bytes,
+                                   storage=state.storage))
     except FileTooLarge as error:
         raise APIError(413, str(error), "file_too_large", "file") from None
 
@@ -43,7 +44,10 @@ def get_file(file_id: str, state: State, org: Organization):
 @router.get("/v1/files/{file_id}/content")
 def file_content(file_id: str, state: State, org: Organization):
     record = owned(state, "file", file_id, org, "file")
-    return Response(file_path(state.data_dir, record).read_bytes(), media_type="application/octet-stream")
+    path = file_path(state.data_dir, record)
+    if path.is_file():
+        return FileResponse(path, media_type="application/octet-stream")
+    return StreamingResponse(state.storage.chunks(path), media_type="application/octet-stream")  # from the bucket, in chunks
 
 
 @router.delete("/v1/files/{file_id}")
@@ -55,5 +59,5 @@ def delete_file(file_id: str, state: State, org: Organization):
         raise APIError(409, f"{file_id} is used by {', '.join(users)}, which has not finished: cancel it first, or delete the "
                        "file once it has ended", "file_in_use", "file_id")
     state.store.delete("file", file_id)
-    file_path(state.data_dir, record).unlink(missing_ok=True)
+    state.storage.delete(file_path(state.data_dir, record))
     return {"id": file_id, "object": "file", "deleted": True}

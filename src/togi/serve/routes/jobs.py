@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import APIRouter
@@ -52,7 +53,7 @@ def create_job(body: JobRequest, state: State, org: Organization):
         record = state.store.get("file", file_id, org) if file_id is not None else None
         if file_id is not None and record is None:
             raise APIError(400, f"invalid {param}: {file_id} does not exist", "invalid_request", param)
-        paths[param] = str(file_path(state.data_dir, record)) if record else None
+        paths[param] = file_path(Path(), record).as_posix() if record else None  # relative: each machine has its own data directory
     method = body.resolved_method()
     method_type = method["type"]
     requested = dict((method.get(method_type) or {}).get("hyperparameters") or {})

@@ -71,7 +71,9 @@ async def chat_completions(body: ChatRequest, state: State, org: Organization):
         raise APIError(404, f"The model '{body.model}' does not exist", "model_not_found", "model")
     internal = model.get("internal")
     base_name = internal["base"] if internal else body.model
-    adapter = (body.model, internal["adapter"]) if internal else None
+    adapter = None
+    if internal:  # its adapter, fetched from the bucket the first time where another machine trained it
+        adapter = (body.model, str(await run_in_threadpool(state.storage.materialize, state.data_dir / internal["adapter"])))
     messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
     request = CompletionRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens or 512,
                                 temperature=1.0 if body.temperature is None else body.temperature,
