@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +294,49 @@ def render_go_template(template: str, data: list[dict[str, Any]]) -> list[str]:
 def ollama_messages(conversation: list[dict[str, str]]) -> dict[str, Any]:
     """A conversation as Ollama hands it to a TEMPLATE: ``.Messages`` with ``Role`` and ``Content``."""
     return {"Messages": [{"Role": message["role"], "Content": message["content"]} for message in conversation]}
+
+
+# Object storage: moto's S3 server (test_storage.py, test_serve_ray.py)
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto's S3 server on a free port, and the environment that points botocore at it (restored afterwards)."""
+    pytest.importorskip("moto.server", reason="moto is not installed (pip install 'moto[s3,server]')")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'togi[cluster]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "ab")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(endpoint, timeout=2)
+            break
+        time.sleep(0.2)
+    else:
+        server.kill()
+        pytest.skip("moto's S3 server did not start")
+    saved = {name: os.environ.get(name) for name in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
+    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
+    yield endpoint
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A new bucket for each test: its s3:// URL with a prefix."""
+    import s3fs
+
+    name = "togi-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}/prefix"

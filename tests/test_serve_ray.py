@@ -1,7 +1,9 @@
 """`togi serve --executor ray`: each job is a task on a real Ray cluster (two worker nodes started on this machine by
 ``ray.cluster_utils.Cluster``). A node killed mid-job loses the job's process; Ray runs the task again on the other node
 and the job resumes there from its last checkpoint, reporting each step once. Cancelling a job ends its process on its
-node. Where Ray is not installed or its cluster cannot start, these tests are skipped with the reason."""
+node. The server keeps its files and checkpoints in an S3 bucket (moto's server, conftest's ``s3_endpoint``), and the
+resumed job starts from the bucket's copy of its run. Where Ray is not installed or its cluster cannot start, these tests
+are skipped with the reason."""
 
 from __future__ import annotations
 
@@ -54,15 +56,25 @@ def wait_for_message(client, job_id: str, start: str, timeout: float = 180) -> s
 
 
 @pytest.fixture(scope="module")
-def ray_server(ray_cluster, tmp_path_factory, tiny_model_dir):
+def ray_bucket(s3_endpoint):
+    """The bucket the Ray tests' server keeps files and checkpoints in: a job resumed on another node starts from it."""
+    import s3fs
+
+    s3fs.S3FileSystem().mkdir("togi-ray")
+    return "s3://togi-ray/data"
+
+
+@pytest.fixture(scope="module")
+def ray_server(ray_cluster, ray_bucket, tmp_path_factory, tiny_model_dir):
     data_dir = tmp_path_factory.mktemp("serve-ray") / "data"
-    server = Server(data_dir, tiny_model_dir, "--executor", "ray", "--ray-address", ray_cluster.address, "--workers", "2").start()
+    server = Server(data_dir, tiny_model_dir, "--executor", "ray", "--ray-address", ray_cluster.address, "--workers", "2",
+                    "--storage", ray_bucket).start()
     key = togi("serve", "keys", "create", "--org", "acme", "--data-dir", data_dir).stdout.strip()
     yield server, server.client(key)
     server.stop()
 
 
-def test_a_job_whose_node_dies_finishes_on_the_other_node_from_its_checkpoint(ray_cluster, ray_server, tmp_path):
+def test_a_job_whose_node_dies_finishes_on_the_other_node_from_its_checkpoint(ray_cluster, ray_server, ray_bucket, tmp_path):
     server, client = ray_server
     training = upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(20)))
     job = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, method={
@@ -71,6 +83,9 @@ def test_a_job_whose_node_dies_finishes_on_the_other_node_from_its_checkpoint(ra
     started = wait_for_message(client, job.id, "Fine-tuning job started on Ray node ")
     first_node = started.removeprefix("Fine-tuning job started on Ray node ")
     wait_for_message(client, job.id, "Checkpoint created at step 20")
+    import s3fs
+
+    assert s3fs.S3FileSystem().find(f"{ray_bucket.removeprefix('s3://')}/jobs/{job.id}/run/checkpoints/checkpoint-20")  # published
     victim = next(node for node in ray_cluster.worker_nodes if node.node_id.startswith(first_node))
     ray_cluster.remove_node(victim, allow_graceful=False)  # the node dies, and the job process with it
 

@@ -1,68 +1,20 @@
 """`togi serve --storage s3://bucket/prefix`: files, checkpoints and models in an S3 bucket, each machine's data directory
-its cache. The bucket is moto's S3 server, run as a process of its own on loopback (a real HTTP S3 endpoint: s3fs and
-botocore talk to it as to AWS or MinIO); where moto or s3fs is not installed, these tests are skipped with the reason."""
+its cache. The bucket is moto's S3 server (conftest's ``s3_endpoint``), run as a process of its own on loopback: a real HTTP S3
+endpoint, which s3fs and botocore talk to as to AWS or MinIO. Where moto or s3fs is not installed, these tests are
+skipped with the reason."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import distinct_chats, write_jsonl
-from test_serve import Server, free_port, togi, upload, wait_for
+from test_serve import Server, togi, upload, wait_for
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    """moto's S3 server on a free port, and the environment that points botocore at it (restored afterwards)."""
-    pytest.importorskip("moto.server", reason="moto is not installed (pip install 'moto[s3,server]')")
-    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'togi[cluster]')")
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "ab")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        time.sleep(0.2)
-    else:
-        server.kill()
-        pytest.skip("moto's S3 server did not start")
-    saved = {name: os.environ.get(name) for name in (*CREDENTIALS, "AWS_ENDPOINT_URL")}
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
-    yield endpoint
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.terminate()
-    server.wait()
-
-
-@pytest.fixture
-def bucket(s3_endpoint, request):
-    """A new bucket for each test: its s3:// URL with a prefix."""
-    import s3fs
-
-    name = "togi-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    s3fs.S3FileSystem().mkdir(name)
-    return f"s3://{name}/prefix"
-
 
 def storage_of(data_dir: Path, url: str):
     from togi.serve.storage import Storage
