@@ -117,3 +117,21 @@ def test_a_bucket_that_cannot_be_used_is_named_without_a_traceback(tmp_path, s3_
     assert "Traceback" not in missing.stderr
     unknown = togi("serve", "--data-dir", tmp_path, "--storage", "nosuch://x", check=False)
     assert unknown.returncode == 2 and "--storage nosuch://x" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_an_upload_the_bucket_refuses_is_a_503_that_leaves_nothing_behind(tmp_path, bucket, tiny_model_dir):
+    import s3fs
+
+    data_dir = tmp_path / "data"
+    server = Server(data_dir, tiny_model_dir, "--storage", bucket).start()
+    try:
+        key = togi("serve", "keys", "create", "--org", "acme", "--data-dir", data_dir).stdout.strip()
+        client = server.client(key)
+        s3fs.S3FileSystem().rm(bucket.removeprefix("s3://").split("/")[0], recursive=True)  # the bucket is gone
+        with pytest.raises(openai.APIStatusError) as refused:
+            upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(12)))
+        assert refused.value.status_code == 503
+        assert f"object storage {bucket}: cannot store" in refused.value.message and "AWS_ENDPOINT_URL" in refused.value.message
+        assert client.files.list().data == [] and list((data_dir / "files").iterdir()) == []  # no record, no file
+    finally:
+        server.stop()

@@ -89,6 +89,7 @@ def store_stream(store: Store, data_dir: Path, organization: str, filename: str 
             os.fsync(out.fileno())
         stored_as = _stored_name(file_id, filename, head)
         os.replace(temporary, directory / stored_as)
+        temporary = str(directory / stored_as)  # from here, what to remove should the bucket refuse it
         if storage is not None:
             storage.publish(directory / stored_as)
     except BaseException:

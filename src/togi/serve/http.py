@@ -19,12 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from togi.serve.files import file_path
 from togi.serve.inference import ModelPool
 from togi.serve.scheduler import Scheduler
-from togi.serve.storage import Storage
+from togi.serve.storage import Storage, StorageUnavailable
 from togi.serve.store import Store
 
 PageLimit = Annotated[int, Query(ge=1, le=100)]  # OpenAI's bounds for list pages
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 429: "requests", 500: "server_error"}
+               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 429: "requests", 500: "server_error",
+               503: "server_error"}
 
 
 @dataclass
@@ -132,6 +133,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return envelope(error.status_code, str(error.detail), None)
+
+    @app.exception_handler(StorageUnavailable)
+    async def storage_unavailable(request: Request, error: StorageUnavailable) -> JSONResponse:
+        return envelope(503, f"{error.message}; {error.hint}", "storage_unavailable")
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> JSONResponse:

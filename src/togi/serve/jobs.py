@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from togi.runs import Run, checkpoint_step
 from togi.serve.job_record import FineTuningJob, get_job, update_job
 from togi.serve.database import open_store
-from togi.serve.storage import Storage
+from togi.serve.storage import Storage, StorageUnavailable
 from togi.serve.store import Store, new_id
 
 if TYPE_CHECKING:
@@ -178,8 +178,14 @@ class RunWatcher:
         self.poll()
 
     def _loop(self) -> None:
+        warned = False
         while not self._stop.wait(0.5):
-            self.poll()
+            try:
+                self.poll()
+            except StorageUnavailable as error:  # the checkpoint is published, and announced, at a later poll
+                if not warned:
+                    add_event(self.store, self.job, f"{error}; retrying", level="warn")
+                warned = True
 
     def poll(self) -> None:
         records = self.run.metrics()
@@ -281,6 +287,16 @@ def _train(config: TrainConfig, resume_dir: Path | None, processes: int) -> Path
     return Run(config.output_dir).output_dir_for(config)
 
 
+def _fail(store: Store, job: FineTuningJob, data_dir: Path, error: Exception) -> int:
+    """Fail the job with the error's own words (unless it was cancelled or paused meanwhile); the job process's exit code."""
+    if get_job(store, job["id"])["status"] == "running":
+        message = user_message(error, job, data_dir)
+        update_job(store, job["id"], status="failed", finished_at=int(time.time()),
+                   error={"code": "training_failed", "message": message, "param": None})
+        add_event(store, job, f"The job failed: {message}", level="error")
+    return 1
+
+
 def run_job(data_dir: Path, job_id: str) -> int:
     """The job process: train, report, and leave the job in a terminal state (unless it was cancelled or paused)."""
     from togi.serve.files import store_bytes
@@ -291,10 +307,13 @@ def run_job(data_dir: Path, job_id: str) -> int:
     if job is None or job["status"] != "running":
         return 0
     run_dir = job_directory(data_dir, job_id) / "run"
-    for param in ("training_file", "validation_file"):
-        if path := job_file(data_dir, job, param):
-            storage.materialize(path)
-    storage.refresh(run_dir)  # the run as the bucket has it: this may be another machine than the one that began it
+    try:
+        for param in ("training_file", "validation_file"):
+            if path := job_file(data_dir, job, param):
+                storage.materialize(path)
+        storage.refresh(run_dir)  # the run as the bucket has it: this may be another machine than the one that began it
+    except StorageUnavailable as error:
+        return _fail(store, job, data_dir, error)
     resuming = Run.is_run(run_dir)
     total_steps = math.ceil(job["internal"]["n_examples"] / job["hyperparameters"]["batch_size"]) * job["hyperparameters"]["n_epochs"]
     checkpoints = Run(run_dir).checkpoints() if resuming else []
@@ -305,14 +324,9 @@ def run_job(data_dir: Path, job_id: str) -> int:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
         with RunWatcher(store, job, data_dir, total_steps, storage):
             output_dir = _train(config, run_dir if resuming else None, int(job["internal"].get("processes") or 1))
+        storage.publish(run_dir, skip=("checkpoints/",))  # the trained adapter and the run's record, for inference anywhere
     except Exception as error:  # the job fails; the server goes on
-        if get_job(store, job_id)["status"] == "running":
-            message = user_message(error, job, data_dir)
-            update_job(store, job_id, status="failed", finished_at=int(time.time()),
-                       error={"code": "training_failed", "message": message, "param": None})
-            add_event(store, job, f"The job failed: {message}", level="error")
-        return 1
-    storage.publish(run_dir, skip=("checkpoints/",))  # the trained adapter and the run's record, for inference anywhere
+        return _fail(store, job, data_dir, error)
     results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
                           results_csv(run_dir).encode("utf-8"), storage=storage)
     model_name = job["internal"]["fine_tuned_model"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -27,6 +28,12 @@ from togi.errors import TogiError
 
 CHUNK = 1 << 20
 PART = 5 << 20  # S3's smallest multipart part: what an upload holds in memory at a time
+
+
+class StorageUnavailable(TogiError):
+    """The bucket refused or failed an operation (credentials, network, a missing bucket)."""
+
+    hint = "check the bucket and its credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL); the server retries"
 
 
 class Storage:
@@ -71,11 +78,29 @@ class Storage:
         with, elsewhere on disk, is not)."""
         return Path(path).resolve().is_relative_to(self.data_dir)
 
+    @contextmanager
+    def _bucket(self, doing: str, missing_is_an_answer: bool = True) -> Iterator[None]:
+        """Errors of the bucket (botocore's, aiohttp's, fsspec's: they share no base) as ``StorageUnavailable``. s3fs
+        says FileNotFoundError both for a missing object (an answer, where reading) and a missing bucket."""
+        try:
+            yield
+        except TogiError:
+            raise
+        except FileNotFoundError:
+            if missing_is_an_answer:
+                raise
+            raise StorageUnavailable(f"object storage {self.url}: cannot {doing} (the bucket does not exist)") from None
+        except Exception as error:
+            raise StorageUnavailable(f"object storage {self.url}: cannot {doing} ({type(error).__name__}: {error})") from error
+
     def publish(self, path: Path, skip: tuple[str, ...] = ()) -> None:
         """Copy a file, or a directory's files (but those whose relative path starts with one of ``skip``), to the bucket."""
         if not self.remote:
             return
-        path = Path(path)
+        with self._bucket(f"store {Path(path).name}", missing_is_an_answer=False):
+            self._publish(Path(path), skip)
+
+    def _publish(self, path: Path, skip: tuple[str, ...]) -> None:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             if skip and file.relative_to(path).as_posix().startswith(skip):
@@ -88,6 +113,11 @@ class Storage:
         path = Path(path)
         if not self.remote or path.exists() or not self.holds(path):
             return path
+        with self._bucket(f"fetch {path.name}"):
+            self._materialize(path)
+        return path
+
+    def _materialize(self, path: Path) -> None:
         key = self.key(path)
         self.fs.invalidate_cache()  # another machine may have written it since this one last looked
         if self.fs.isfile(key):
@@ -95,16 +125,16 @@ class Storage:
         elif self.fs.isdir(key):
             for name in self.fs.find(key):
                 self._fetch_file(name, path / Path(name).relative_to(key))
-        return path
 
     def refresh(self, path: Path) -> None:
         """Replace a local directory with the bucket's copy (a run resumed on another machine)."""
         if not self.remote:
             return
-        self.fs.invalidate_cache()
-        if self.fs.isdir(self.key(path)):
-            shutil.rmtree(path, ignore_errors=True)
-            self.materialize(path)
+        with self._bucket(f"fetch {path.name}"):
+            self.fs.invalidate_cache()
+            if self.fs.isdir(self.key(path)):
+                shutil.rmtree(path, ignore_errors=True)
+                self._materialize(path)
 
     def _fetch_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,15 +147,15 @@ class Storage:
         if not self.remote:
             return
         prefix = self.key(directory / under)
-        if not self.fs.isdir(prefix):
-            return
-        for name in self.fs.ls(prefix, detail=False):
-            if not (directory / under / Path(name).name).exists():
-                self.fs.rm(name, recursive=True)
+        with self._bucket(f"clean {under}"):
+            for name in self.fs.ls(prefix, detail=False) if self.fs.isdir(prefix) else []:
+                if not (directory / under / Path(name).name).exists():
+                    self.fs.rm(name, recursive=True)
 
     def open_read(self, path: Path) -> IO[bytes]:
         if self.remote and not Path(path).exists():
-            return self.fs.open(self.key(path), "rb")
+            with self._bucket(f"read {Path(path).name}"):
+                return self.fs.open(self.key(path), "rb")
         return open(path, "rb")
 
     def chunks(self, path: Path) -> Iterator[bytes]:
@@ -139,8 +169,10 @@ class Storage:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-        if self.remote and self.fs.exists(self.key(path)):
-            self.fs.rm(self.key(path), recursive=True)
+        if self.remote:
+            with self._bucket(f"delete {path.name}"):
+                if self.fs.exists(self.key(path)):
+                    self.fs.rm(self.key(path), recursive=True)
 
 
 def open_storage(url: str | None, data_dir: Path) -> Storage:
