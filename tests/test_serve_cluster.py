@@ -63,3 +63,20 @@ def test_a_database_that_cannot_be_reached_is_named_without_a_traceback(tmp_path
     assert result.returncode == 2 and "cannot use the PostgreSQL database" in result.stderr and "Traceback" not in result.stderr
     bad = togi("serve", "keys", "create", "--org", "acme", "--data-dir", tmp_path, "--database", "mysql://x", check=False)
     assert bad.returncode == 2 and "neither postgresql://" in bad.stderr
+
+
+def test_the_compose_example_uses_flags_togi_serve_has():
+    """examples/cluster/compose.yaml cannot run here (no Docker); its commands are held to the CLI they call."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[1] / "examples" / "cluster" / "compose.yaml").read_text(encoding="utf-8"))
+    command = compose["services"]["api"]["command"]
+    assert command.startswith("togi serve ")
+    help_text = togi("serve", "--help").stdout
+    flags = re.findall(r"(--[a-z-]+)", command)
+    assert {"--database", "--executor", "--ray-address", "--storage"} <= set(flags)
+    assert [flag for flag in flags if flag not in help_text] == []
+    assert "ray-head:6379" in command and compose["services"]["ray-head"]["command"].startswith("ray start --head --port=6379")

@@ -73,11 +73,12 @@ def serve(
     store = open_store(database, data_dir)
     files = Storage(data_dir, storage)
     files.check()
+    runner = open_executor(executor, ray_address)
     if not store.has_keys():
         key = store.create_key("default")
         console.print(f"No API keys yet: created one for organization 'default' (shown once, stored hashed):\n  {key}", soft_wrap=True)
     app = create_app(data_dir, models, adapters=served.adapters, slots=workers, max_file_bytes=max_file_mb * 1024 * 1024, store=store, max_batch=max_batch,
-                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname(), executor=open_executor(executor, ray_address),
+                     max_waiting=max_waiting, ui=ui, replica=socket.gethostname(), executor=runner,
                      storage=files)
     dashboard = f"dashboard: http://{host}:{port}/  " if ui else ""
     console.print(f"togi serve: {dashboard}API: http://{host}:{port}/v1  (OpenAPI: http://{host}:{port}/docs)  "

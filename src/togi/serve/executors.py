@@ -132,15 +132,12 @@ def _job_on_node(data_dir: str, job_id: str, environment: dict[str, str]) -> int
     """The Ray task: the job process as a child of this worker, which dies with it (a cancelled task, a lost node)."""
     import ray
 
-    from togi.process_tree import end_with_parent
-
     node = ray.get_runtime_context().get_node_id()
     log_path = Path(data_dir) / "jobs" / job_id / "process.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         child = subprocess.Popen(job_command(Path(data_dir), job_id), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **environment, "TOGI_NODE": f"Ray node {node[:12]}"},
-                                 preexec_fn=lambda: end_with_parent(signal.SIGTERM))
+                                 env={**os.environ, **environment, "TOGI_NODE": f"Ray node {node[:12]}", "TOGI_END_WITH_PARENT": "1"})
         return child.wait()
 
 

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -340,4 +341,8 @@ def run_job(data_dir: Path, job_id: str) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("TOGI_END_WITH_PARENT"):  # under a Ray worker: a cancelled task or a lost node ends the job process too
+        from togi.process_tree import end_with_parent
+
+        end_with_parent(signal.SIGTERM)
     sys.exit(run_job(Path(sys.argv[1]), sys.argv[2]))
