@@ -80,3 +80,35 @@ def test_the_compose_example_uses_flags_togi_serve_has():
     assert {"--database", "--executor", "--ray-address", "--storage"} <= set(flags)
     assert [flag for flag in flags if flag not in help_text] == []
     assert "ray-head:6379" in command and compose["services"]["ray-head"]["command"].startswith("ray start --head --port=6379")
+
+
+def test_a_job_process_that_another_took_over_stops_at_once_and_reports_nothing_more(tmp_path, tiny_model_dir):
+    """A Ray task retried on another node takes the job over (a new token in its attempt record); a process of the old
+    attempt still alive (a node cut off, not dead) must stop rather than train on beside it. Simulated here by writing
+    the new token into the database under a running job."""
+    from togi.serve.store import SQLiteStore
+
+    data_dir = tmp_path / "data"
+    server = Server(data_dir, tiny_model_dir).start()
+    try:
+        key = togi("serve", "keys", "create", "--org", "acme", "--data-dir", data_dir).stdout.strip()
+        client = server.client(key)
+        training = upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(20)))
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 10, "batch_size": 1}}})  # 200 steps
+        deadline = time.time() + 180
+        while not any(event.type == "metrics" for event in client.fine_tuning.jobs.list_events(job.id, limit=100)):
+            assert time.time() < deadline and client.fine_tuning.jobs.retrieve(job.id).status not in TERMINAL
+            time.sleep(0.2)
+        SQLiteStore(data_dir / "togi.db").update("job_attempt", f"attempt-{job.id}", token="attempt-on-another-node")
+
+        finished = client.fine_tuning.jobs.retrieve(job.id)
+        while finished.status not in TERMINAL:
+            time.sleep(0.2)
+            finished = client.fine_tuning.jobs.retrieve(job.id)
+        events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+        assert finished.status == "failed" and "exit code 75" in finished.error.message  # the local executor saw it stop
+        assert max(event.data["step"] for event in events if event.type == "metrics") < 200
+        assert not any(event.message.startswith("New fine-tuned model created") for event in events)
+    finally:
+        server.stop()

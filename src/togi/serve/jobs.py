@@ -157,11 +157,42 @@ def train_config(job: dict[str, Any], data_dir: Path) -> TrainConfig:
     return load_config(None, base=recipe)
 
 
+SUPERSEDED_EXIT_CODE = 75
+
+
+def take_over(store: Store, job: FineTuningJob) -> str:
+    """Make this process the job's one runner: a new token in the job's attempt record (a record of its own, which only
+    job processes write). A process that an executor started again elsewhere (a Ray task retried after its node was
+    lost) takes over; the one it replaced, should it still be alive, sees the token change and stops."""
+    token, record_id = new_id("attempt"), f"attempt-{job['id']}"
+    if store.get("job_attempt", record_id) is None:
+        try:
+            store.put("job_attempt", {"id": record_id, "object": "togi.job_attempt", "token": token}, job["organization_id"], parent=job["id"])
+            return token
+        except Exception:  # another process put it first: take it over as below
+            pass
+    store.update("job_attempt", record_id, token=token)
+    return token
+
+
+def still_runner(store: Store, job: FineTuningJob, token: str) -> bool:
+    record = store.get("job_attempt", f"attempt-{job['id']}")
+    return record is not None and record["token"] == token
+
+
+def stop_superseded(store: Store, job: FineTuningJob, token: str) -> None:
+    """End this job process at once when another has taken the job over: no event, metric or model from it after that."""
+    if not still_runner(store, job, token):
+        print(f"togi: another process took over {job['id']}; this one stops", file=sys.stderr, flush=True)
+        os._exit(SUPERSEDED_EXIT_CODE)  # from the watcher's thread too; training ranks die with this process
+
+
 class RunWatcher:
     """Turns what the trainer writes into the run directory into events and checkpoint records."""
 
-    def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int, storage: Storage | None = None) -> None:
-        self.store, self.job, self.data_dir, self.total_steps = store, job, data_dir, total_steps
+    def __init__(self, store: Store, job: FineTuningJob, data_dir: Path, total_steps: int, storage: Storage | None = None,
+                 token: str | None = None) -> None:
+        self.store, self.job, self.data_dir, self.total_steps, self.token = store, job, data_dir, total_steps, token
         self.storage = storage or Storage(data_dir)
         self.run = Run(job_directory(data_dir, job["id"]) / "run")
         self.reported_step = job["internal"].get("reported_step", 0)
@@ -189,6 +220,8 @@ class RunWatcher:
                 warned = True
 
     def poll(self) -> None:
+        if self.token is not None:
+            stop_superseded(self.store, self.job, self.token)
         records = self.run.metrics()
         for record in records:
             if "train_loss" in record and record["step"] > self.reported_step:
@@ -307,6 +340,7 @@ def run_job(data_dir: Path, job_id: str) -> int:
     job = get_job(store, job_id)
     if job is None or job["status"] != "running":
         return 0
+    token = take_over(store, job)
     run_dir = job_directory(data_dir, job_id) / "run"
     try:
         for param in ("training_file", "validation_file"):
@@ -323,11 +357,13 @@ def run_job(data_dir: Path, job_id: str) -> int:
               else f"Fine-tuning job started{where}")
     try:
         config = train_config(job, data_dir)  # a recipe error fails the job with its own words, like a training error
-        with RunWatcher(store, job, data_dir, total_steps, storage):
+        with RunWatcher(store, job, data_dir, total_steps, storage, token):
             output_dir = _train(config, run_dir if resuming else None, int(job["internal"].get("processes") or 1))
         storage.publish(run_dir, skip=("checkpoints/",))  # the trained adapter and the run's record, for inference anywhere
     except Exception as error:  # the job fails; the server goes on
+        stop_superseded(store, job, token)
         return _fail(store, job, data_dir, error)
+    stop_superseded(store, job, token)
     results = store_bytes(store, data_dir, job["organization_id"], f"step_metrics_{job_id}.csv", "fine-tune-results",
                           results_csv(run_dir).encode("utf-8"), storage=storage)
     model_name = job["internal"]["fine_tuned_model"]
