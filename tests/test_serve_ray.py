@@ -117,6 +117,16 @@ def test_cancelling_a_job_ends_its_process_on_its_node(ray_server, tmp_path):
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
+def test_a_job_no_node_can_hold_fails_with_the_reason_instead_of_waiting_for_ever(ray_server, tmp_path):
+    server, client = ray_server
+    training = upload(client, write_jsonl(tmp_path / "shop.jsonl", distinct_chats(12)))
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=training.id, extra_body={"processes": 2})  # nodes have 1 CPU
+    finished = wait_for(client, job.id, timeout=120)
+    assert finished.status == "failed", messages_of(client, job.id)
+    assert "need 2 CPUs on one node, and the largest node of the Ray cluster has 1" in finished.error.message
+    assert "ask for fewer processes" in finished.error.message
+
+
 def test_a_ray_address_without_a_cluster_is_named_without_a_traceback(tmp_path):
     pytest.importorskip("ray")
     result = togi("serve", "--data-dir", tmp_path, "--executor", "ray", "--ray-address", "127.0.0.1:1", check=False)

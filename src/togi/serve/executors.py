@@ -165,8 +165,13 @@ class RayExecutor:
         self.task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=False)(_job_on_node)
 
     def launch(self, job_id: str, data_dir: Path, environment: dict[str, str], log_path: Path, processes: int) -> Any:
-        gpus = self.ray.cluster_resources().get("GPU", 0)
-        resources = {"num_gpus": processes, "num_cpus": 1} if gpus else {"num_cpus": processes}
+        resource = "GPU" if self.ray.cluster_resources().get("GPU", 0) else "CPU"
+        largest = max((node["Resources"].get(resource, 0) for node in self.ray.nodes() if node["Alive"]), default=0)
+        if processes > largest:  # Ray would keep the task pending for ever
+            raise TogiError(f"the job's {processes} training processes need {processes} {resource}s on one node, and the largest "
+                            f"node of the Ray cluster has {largest:g}",
+                            hint="ask for fewer processes (extra_body={'processes': N}), or add a larger node to the cluster")
+        resources = {"num_gpus": processes, "num_cpus": 1} if resource == "GPU" else {"num_cpus": processes}
         forwarded = {name: value for name, value in os.environ.items() if name.startswith(FORWARDED)}
         return self.task.options(name=f"togi {job_id}", **resources).remote(str(data_dir), job_id, {**forwarded, **environment})
 

@@ -162,7 +162,15 @@ class Scheduler:
             return  # another replica started it
         job = claimed
         environment = {"TOGI_DATABASE": getattr(self.store, "url", ""), "TOGI_STORAGE": self.storage.url}
-        child = self.executor.launch(job["id"], self.data_dir, environment, log_path, processes_of(job))
+        try:
+            child = self.executor.launch(job["id"], self.data_dir, environment, log_path, processes_of(job))
+        except Exception as error:  # the job cannot start (a Ray cluster without a node large enough): it fails, and says why
+            message = redact_paths(f"the job could not be started: {error}" + (f" ({error.hint})" if getattr(error, "hint", "") else ""),
+                                   job, self.data_dir)
+            update_job(self.store, job["id"], status="failed", finished_at=int(time.time()),
+                       error={"code": "training_failed", "message": message, "param": None})
+            add_event(self.store, job, message, level="error")
+            return
         self.children[job["id"]] = child
         self.processes[job["id"]] = processes_of(job)
         update_job(self.store, job["id"], internal={**job["internal"], **self.executor.describe(child)})
