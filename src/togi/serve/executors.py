@@ -12,7 +12,7 @@ job still ``running`` and resumes from the last checkpoint the storage holds. Th
 same on every node: a shared file system, or object storage (``--storage s3://...``, see ``storage.py``) with the
 data directory as each node's scratch space.
 
-Slurm and Kubernetes Jobs would be two more classes with these four methods; Kubernetes first, because a company that
+Slurm and Kubernetes Jobs would be two more classes with these five methods; Kubernetes first, because a company that
 runs the API behind a load balancer already runs it on Kubernetes (a Job per fine-tuning job, its GPUs as resource
 limits, cancel as a Job deletion, restart on another node from ``backoffLimit``).
 """
