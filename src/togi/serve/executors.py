@@ -40,6 +40,9 @@ class Ended:
     code: int
     reason: str = ""
 
+    def __str__(self) -> str:
+        return f"exit code {self.code}" + (f": {self.reason}" if self.reason else "")
+
 
 class Executor(Protocol):
     name: str

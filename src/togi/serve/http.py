@@ -38,8 +38,8 @@ class ServerState:
     scheduler: Scheduler
     pool: ModelPool
     max_file_bytes: int
+    storage: Storage  # the data directory, or a bucket mirroring it
     adapter_models: dict[str, tuple[str, str]] = field(default_factory=dict)  # served name -> (its base's name, adapter folder)
-    storage: Storage = None  # type: ignore[assignment]  # set by create_app: the data directory, or a bucket mirroring it
 
     def local_file(self, record: dict) -> Path:
         """A file record's content on this machine's disk (fetched from the bucket where another machine stored it)."""

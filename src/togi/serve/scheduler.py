@@ -145,9 +145,7 @@ class Scheduler:
             if error:
                 error = {**error, "code": "invalid_validation_file", "param": "validation_file"}
         if error:
-            error = {**error, "message": redact_paths(error["message"], job, self.data_dir)}
-            update_job(self.store, job["id"], status="failed", error=error, finished_at=int(time.time()))
-            add_event(self.store, job, error["message"], level="error")
+            self._fail(job, {**error, "message": redact_paths(error["message"], job, self.data_dir)})
             return
         hyperparameters = resolve_hyperparameters(job["hyperparameters"], size["n_examples"], method)
         job = update_job(self.store, job["id"], status="queued", hyperparameters=hyperparameters,
@@ -165,11 +163,8 @@ class Scheduler:
         try:
             child = self.executor.launch(job["id"], self.data_dir, environment, log_path, processes_of(job))
         except Exception as error:  # the job cannot start (a Ray cluster without a node large enough): it fails, and says why
-            message = redact_paths(f"the job could not be started: {error}" + (f" ({error.hint})" if getattr(error, "hint", "") else ""),
-                                   job, self.data_dir)
-            update_job(self.store, job["id"], status="failed", finished_at=int(time.time()),
-                       error={"code": "training_failed", "message": message, "param": None})
-            add_event(self.store, job, message, level="error")
+            message = f"the job could not be started: {error}" + (f" ({error.hint})" if getattr(error, "hint", "") else "")
+            self._fail(job, {"code": "training_failed", "message": redact_paths(message, job, self.data_dir), "param": None})
             return
         self.children[job["id"]] = child
         self.processes[job["id"]] = processes_of(job)
@@ -185,12 +180,14 @@ class Scheduler:
                 self.processes.pop(job_id, None)
                 job = get_job(self.store, job_id)
                 if job and job["status"] == "running":  # the process died without finishing its job
-                    update_job(self.store, job_id, status="failed", finished_at=int(time.time()),
-                               error={"code": "training_failed", "param": None,
-                                      "message": f"the training process stopped unexpectedly (exit code {ended.code}"
-                                                 + (f": {ended.reason}" if ended.reason else "") + "); the server's log of the job has the details"})
-                    add_event(self.store, job, f"The training process exited with code {ended.code}" + (f": {ended.reason}" if ended.reason else ""),
-                              level="error")
+                    self._fail(job, {"code": "training_failed", "param": None, "message": f"the training process stopped unexpectedly "
+                                     f"({ended}); the server's log of the job has the details"},
+                               event=f"The training process exited with {ended}")
+
+    def _fail(self, job: FineTuningJob, error: dict[str, Any], event: str | None = None) -> None:
+        """The job fails with ``error`` (OpenAI's code, message and param), and an error event (its message, unless given)."""
+        update_job(self.store, job["id"], status="failed", error=error, finished_at=int(time.time()))
+        add_event(self.store, job, event or error["message"], level="error")
 
     def running(self) -> list[str]:
         with self._lock:

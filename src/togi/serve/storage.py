@@ -41,6 +41,7 @@ class Storage:
         self.data_dir = data_dir.resolve()
         self.url = url or ""
         self.fs = None
+        self.sent: dict[Path, tuple[int, int]] = {}  # each file this object published: (size, mtime_ns) when it did
         if url:
             import fsspec
 
@@ -105,8 +106,12 @@ class Storage:
         for file in files:
             if skip and file.relative_to(path).as_posix().startswith(skip):
                 continue
+            stat = file.stat()
+            if self.sent.get(file) == (stat.st_size, stat.st_mtime_ns):
+                continue  # unchanged since it was sent: a run's data/ and card go once, not at every checkpoint
             with open(file, "rb") as source, self.fs.open(self.key(file), "wb", block_size=PART) as target:
                 shutil.copyfileobj(source, target, CHUNK)  # s3fs sends each PART as it fills (put_file would read 50 MiB at once)
+            self.sent[file] = (stat.st_size, stat.st_mtime_ns)
 
     def materialize(self, path: Path) -> Path:
         """``path``, fetched from the bucket where this machine does not have it (a file, or all of a directory)."""
@@ -165,6 +170,7 @@ class Storage:
 
     def delete(self, path: Path) -> None:
         path = Path(path)
+        self.sent = {file: sent for file, sent in self.sent.items() if not file.is_relative_to(path)}
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -108,9 +108,10 @@ def evaluation_report(job_id: str, evaluation_id: str, state: State, org: Organi
     if not path.is_file():
         raise APIError(404, f"evaluation {evaluation_id} has no report yet", "report_not_found", "id")
     page = path.read_text(encoding="utf-8")
+    evaluated_in = Path(record.get("internal", {}).get("data_dir") or state.data_dir)  # the replica that ran it may be another
     test_file = state.store.get("file", record.get("file_id") or "", org)
-    if test_file is not None:  # the server's paths become what the caller knows: the file's name, the job
-        for data_dir in {state.data_dir, Path(record.get("internal", {}).get("data_dir") or state.data_dir)}:  # and the evaluating replica's
+    for data_dir in dict.fromkeys([evaluated_in, state.data_dir]):  # the servers' paths become what the caller knows: the file's name, the job
+        if test_file is not None:
             page = page.replace(str(file_path(data_dir, test_file)), html.escape(test_file["filename"]))
-    evaluated_in = Path(record.get("internal", {}).get("data_dir") or state.data_dir)
-    return HTMLResponse(redact_paths(redact_paths(page, job, evaluated_in), job, state.data_dir))
+        page = redact_paths(page, job, data_dir)
+    return HTMLResponse(page)
